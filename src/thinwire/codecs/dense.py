@@ -1,0 +1,78 @@
+"""Dense casts: none (original dtype, lossless), fp16 (saturating), bf16."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CodecError
+from . import kernels
+from .base import Codec, Slot
+from .payload import Payload
+from .registry import register
+
+FP16_MAX = 65504.0
+
+
+class _Cast(Codec):
+    wire_dtype: torch.dtype
+
+    def _encode(self, x: torch.Tensor, state: Slot | None) -> Payload:
+        return self.make_payload(x, buffers=[self._cast(x.reshape(-1))])
+
+    def _cast(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.to(self.wire_dtype).contiguous()
+
+    def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
+        buf = payload.buffers[0]
+        return kernels.upcast(buf, payload.dtype).view(payload.shape)
+
+    def check(self, payload: Payload) -> None:
+        expect = (self.wire_dtype, payload.numel)
+        got = [(b.dtype, b.numel()) for b in payload.buffers]
+        if got != [expect]:
+            raise CodecError(f"'{self.name}' payload needs one {expect[0]} buffer of "
+                             f"{expect[1]} elements, got {got}")
+
+
+@register
+class NoCompression(_Cast):
+    name = "none"
+    summary = "the tensor as is (fp32 for fp32 gradients)"
+    bytes_per_element = "4"
+    lossy = False
+    unbiased = True
+    linear = True
+
+    def _encode(self, x: torch.Tensor, state: Slot | None) -> Payload:
+        return self.make_payload(x, buffers=[x.reshape(-1).contiguous()])
+
+    def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
+        return payload.buffers[0].view(payload.shape).clone()
+
+    def check(self, payload: Payload) -> None:
+        expect = [(payload.dtype, payload.numel)]
+        got = [(b.dtype, b.numel()) for b in payload.buffers]
+        if got != expect:
+            raise CodecError(f"'none' payload needs one {payload.dtype} buffer of "
+                             f"{payload.numel} elements, got {got}")
+
+
+@register
+class FP16(_Cast):
+    name = "fp16"
+    summary = "IEEE half precision, saturating at +-65504"
+    bytes_per_element = "2"
+    linear = True
+    wire_dtype = torch.float16
+
+    def _cast(self, flat: torch.Tensor) -> torch.Tensor:
+        return kernels.to_fp16_saturating(flat)
+
+
+@register
+class BF16(_Cast):
+    name = "bf16"
+    summary = "bfloat16 (fp32 range, 8-bit mantissa)"
+    bytes_per_element = "2"
+    linear = True
+    wire_dtype = torch.bfloat16
