@@ -1,0 +1,22 @@
+"""The codec table shown by `thinwire codecs` and in the README."""
+
+from __future__ import annotations
+
+from .registry import REGISTRY
+
+
+def codec_table() -> str:
+    rows = [["codec", "what it sends", "bytes/element", "unbiased", "error feedback", "linear"]]
+    for name in sorted(REGISTRY):
+        c = REGISTRY[name]
+        if not c.lossy:
+            ef = "not needed (lossless)"
+        elif getattr(c, "own_feedback", False):
+            ef = "built in"
+        else:
+            ef = "recommended" if c.wants_error_feedback else "optional"
+        rows.append([f"`{name}`", c.summary, c.bytes_per_element,
+                     "yes" if c.unbiased else "no", ef, "yes" if c.linear else "no"])
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
+    return "\n".join(lines)

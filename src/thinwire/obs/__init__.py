@@ -1,0 +1,1 @@
+"""Observability: byte ledger, results.jsonl, plots, progress."""

@@ -1,0 +1,42 @@
+"""PNG plots: test accuracy vs epoch and vs cumulative wire bytes (log x)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .results import group_key  # noqa: E402
+
+
+def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (ax_epoch, ax_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    seen: set[str] = set()
+    for row in rows:
+        hist = row.get("history") or []
+        if not hist:
+            continue
+        label = group_key(row)
+        kwargs = {"label": label} if label not in seen else {}
+        seen.add(label)
+        color = f"C{sorted(seen).index(label) % 10}"
+        acc = [100 * h["test_accuracy"] for h in hist]
+        ax_epoch.plot([h["epoch"] for h in hist], acc, marker="o", color=color, **kwargs)
+        xs = [max(h["bytes_wire_cum"], 1) for h in hist]
+        ax_bytes.plot(xs, acc, marker="o", color=color)
+    ax_epoch.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy vs epoch")
+    ax_bytes.set(xlabel="cumulative wire bytes (up + down)", ylabel="test accuracy (%)",
+                 title="accuracy vs bytes", xscale="log")
+    for ax in (ax_epoch, ax_bytes):
+        ax.grid(alpha=0.3)
+    ax_epoch.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

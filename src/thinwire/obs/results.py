@@ -1,0 +1,54 @@
+"""results.jsonl rows and the comparison table printed after a compare."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def append_row(path: Path, row: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def group_key(row: dict) -> str:
+    return row["run_name"].rsplit("-s", 1)[0]
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per configuration (seeds pooled): accuracy mean +- std, bytes, ratio, times."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[group_key(row)].append(row)
+    header = ["config", "acc % (mean +- std)", "MB/epoch", "ratio", "sent/skipped",
+              "train s", "sim comm s", "sim wall s"]
+    lines = [header]
+    for name, rs in groups.items():
+        ratio = [r["compression_ratio"] for r in rs if r["compression_ratio"]]
+        lines.append([
+            name, _mean_std([r["test_accuracy"] for r in rs]),
+            f"{statistics.mean(r['bytes_per_epoch'] for r in rs) / 1e6:.3f}",
+            f"{statistics.mean(ratio):.1f}" if ratio else "-",
+            f"{sum(r['uploads'] for r in rs)}/{sum(r['skipped_uploads'] for r in rs)}",
+            f"{statistics.mean(r['train_time_s'] for r in rs):.1f}",
+            f"{statistics.mean(r['comm_time_s_sim'] for r in rs):.4f}",
+            f"{statistics.mean(r['wall_time_s'] for r in rs):.1f}",
+        ])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Runtimes: sim (in-process nodes + link model). Runtimes compose codecs, wire and policies."""

@@ -1,0 +1,101 @@
+"""Run one configured experiment end to end: epochs, evaluation, checkpoints, results row."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from ..obs.results import append_row
+from ..tasks import Task, format_histograms, load_task
+from .config import RunConfig
+from .sim import Simulation
+
+Log = Callable[[str], None]
+
+
+def stderr_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = True,
+                   log: Log | None = stderr_log) -> dict:
+    """Train, evaluate every epoch, append a row to `<out>/results.jsonl`, return the row."""
+    task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
+    sim = Simulation(cfg, task, log=log)
+    if not (cfg.resume and sim.try_resume()):
+        sim.write(f"run {cfg.name()}: {len(sim.nodes)} node(s), split {cfg.split}, "
+                  f"codec {cfg.codec}, policy {cfg.policy}\n"
+                  + format_histograms(sim.histograms))
+    steps = sim.steps_per_epoch()
+    started = time.perf_counter()
+    for epoch in range(sim.epoch, cfg.epochs):
+        bar = tqdm(range(steps), desc=f"{cfg.name()} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, file=sys.stderr)
+        for _ in bar:
+            t0 = time.perf_counter()
+            sim.sync_step() if cfg.mode == "sync" or cfg.centralized else sim.fedavg_round()
+            sim.compute_time += time.perf_counter() - t0
+            sim.step += 1
+            if cfg.max_steps and sim.step >= cfg.max_steps:
+                break
+        finish_epoch(sim, epoch)
+        if cfg.max_steps and sim.step >= cfg.max_steps:
+            break
+    row = result_row(sim, time.perf_counter() - started)
+    append_row(cfg.out / "results.jsonl", row)
+    sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
+              f"uplink ratio={row['compression_ratio'] or 0:.1f}")
+    return row
+
+
+def finish_epoch(sim: Simulation, epoch: int) -> None:
+    bytes_epoch = sim.ledger.close_epoch()
+    acc, loss = sim.evaluate()
+    recent = sim.train_losses[-sim.steps_per_epoch() * len(sim.nodes):]
+    record = {"epoch": epoch + 1, "step": sim.step, "test_accuracy": acc, "test_loss": loss,
+              "train_loss": sum(recent) / max(len(recent), 1),
+              "bytes_wire_cum": sim.ledger.wire_total,
+              "bytes_wire_epoch": bytes_epoch["up_wire"] + bytes_epoch["down_wire"],
+              "uploads": bytes_epoch["sent"], "skipped": bytes_epoch["skipped"],
+              "comm_time_s_sim": sim.comm_time, "compute_time_s": sim.compute_time}
+    sim.records.append(record)
+    sim.epoch = epoch + 1
+    sim.write(f"epoch {epoch + 1}: acc={acc:.4f} loss={loss:.4f} "
+              f"train_loss={record['train_loss']:.4f} "
+              f"MB/epoch={record['bytes_wire_epoch'] / 1e6:.3f} sent={record['uploads']} "
+              f"skipped={record['skipped']}")
+    every = sim.cfg.checkpoint_every
+    if every and (epoch + 1) % every == 0:
+        sim.save_checkpoint()
+
+
+def result_row(sim: Simulation, elapsed: float) -> dict:
+    cfg, last = sim.cfg, sim.records[-1]
+    totals = sim.ledger.totals()
+    wire, raw = sim.ledger.wire_total, sim.ledger.raw_total
+    epochs = max(len(sim.records), 1)
+    return {
+        "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or sim.task.model,
+        "nodes": len(sim.nodes), "split": cfg.split if not cfg.centralized else "centralized",
+        "mode": "centralized" if cfg.centralized else cfg.mode,
+        "codec": "-" if cfg.centralized else sim.nodes[0].encoder.codec.name,
+        "codec_config": "-" if cfg.centralized else cfg.codec,
+        "error_feedback": cfg.error_feedback and not cfg.centralized,
+        "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,
+        "epochs": len(sim.records), "steps": sim.step, "batch_size": cfg.batch_size,
+        "lr": cfg.lr, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+        "train_loss": last["train_loss"], "bytes_raw_total": raw, "bytes_wire_total": wire,
+        "bytes_up_wire": totals["up_wire"], "bytes_down_wire": totals["down_wire"],
+        "compression_ratio": (totals["up_raw"] / totals["up_wire"]
+                              if totals["up_wire"] else None),
+        "compression_ratio_total": raw / wire if wire else None,
+        "uploads": totals["sent"], "skipped_uploads": totals["skipped"],
+        "bytes_per_epoch": wire / epochs, "bandwidth": cfg.bandwidth,
+        "comm_time_s_sim": sim.comm_time, "compute_time_s": sim.compute_time,
+        "wall_time_s": sim.comm_time + sim.compute_time, "train_time_s": elapsed,
+        "samples_per_s": sim.samples / sim.compute_time if sim.compute_time else None,
+        "history": sim.records,
+    }
