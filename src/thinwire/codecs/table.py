@@ -20,3 +20,29 @@ def codec_table() -> str:
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.insert(1, "|" + "---|" * len(rows[0]))
     return "\n".join(lines)
+
+
+START, END = "<!-- codec-table", "<!-- /codec-table -->"
+
+
+def readme_block(text: str) -> str:
+    """The generated table between the README markers."""
+    start = text.index("\n", text.index(START)) + 1
+    return text[start: text.index(END)].strip()
+
+
+def update_readme(path: str) -> None:
+    with open(path) as f:
+        text = f.read()
+    start = text.index("\n", text.index(START)) + 1
+    end = text.index(END)
+    with open(path, "w") as f:
+        f.write(text[:start] + codec_table() + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import names  # noqa: F401  (registers every codec)
+
+    update_readme(sys.argv[1])
