@@ -135,3 +135,10 @@ def test_cli_compare_json_rows_table_and_plot(tmp_path):
     assert [r["codec_config"] for r in rows] == ["-", "none", "topk(ratio=0.5,index=raw)"]
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_vmap_node_batching_matches_the_loop(tmp_path):
+    loop = run(cfg(tmp_path / "loop", codec="int8", epochs=2))
+    batched = run(cfg(tmp_path / "vmap", codec="int8", epochs=2, node_batching="vmap"))
+    assert batched["test_loss"] == pytest.approx(loop["test_loss"], rel=1e-4)
+    assert batched["bytes_up_wire"] == loop["bytes_up_wire"]

@@ -64,6 +64,7 @@ class RunConfig(Strict):
     latency_ms: float = Field(0.0, ge=0)
     topology: Literal["star", "ring"] = "star"
     centralized: bool = False
+    node_batching: Literal["loop", "vmap"] = "loop"
     out: Path = Path("runs")
     checkpoint_every: int = Field(5, ge=0, description="epochs; 0 disables")
     resume: bool = False

@@ -24,6 +24,7 @@ from ..tasks import Task, build_model, class_histograms, format_histograms, spli
 from ..wire import Update, parse_update, serialize_update
 from .config import RunConfig
 from .link import LinkModel
+from .batched import VmapGrads
 from .nodes import SimNode, Tensors
 
 Log = Callable[[str], None]
@@ -60,6 +61,7 @@ class Simulation:
                                     cfg.topology)
         self.ledger = Ledger()
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())
+        self._vmapped = VmapGrads(self.model) if cfg.node_batching == "vmap" else None
         self.step = self.epoch = 0
         self.comm_time = self.compute_time = 0.0
         self.samples = 0
@@ -131,15 +133,23 @@ class Simulation:
         received = parse_update(data)
         return {t.name: self.down_decoder.decode(t) for t in received.tensors}, len(data)
 
-    def sync_step(self) -> None:
-        ups = []
+    def _node_grads(self) -> list[tuple[Tensors, float]]:
+        """Each node's gradient on its next batch, one node at a time or batched with vmap."""
+        if self._vmapped is not None:
+            return self._vmapped.grads([self._batch(node) for node in self.nodes], self)
+        out = []
         for node in self.nodes:
             conf = self._forward_backward(node)
-            if self.cfg.centralized:
-                self.opt.step()
-                return
-            grads = {n: p.grad for n, p in self.params.items()}
-            ups.append(self._exchange(node, grads, conf, self.batch, "grad"))
+            out.append(({n: p.grad for n, p in self.params.items()}, conf))
+        return out
+
+    def sync_step(self) -> None:
+        if self.cfg.centralized:
+            self._forward_backward(self.nodes[0])
+            self.opt.step()
+            return
+        ups = [self._exchange(node, grads, conf, self.batch, "grad")
+               for node, (grads, conf) in zip(self.nodes, self._node_grads())]
         avg = self.aggregator.result()
         down = 0
         if avg is not None:
