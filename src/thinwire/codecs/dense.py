@@ -6,7 +6,7 @@ import torch
 
 from ..errors import CodecError
 from . import kernels
-from .base import Codec, Slot
+from .base import Codec, Slot, raise_non_finite
 from .payload import Payload
 from .registry import register
 
@@ -15,12 +15,16 @@ FP16_MAX = 65504.0
 
 class _Cast(Codec):
     wire_dtype: torch.dtype
+    checks_finite = True  # the cast kernel reports NaN/Inf in the same pass
 
     def _encode(self, x: torch.Tensor, state: Slot | None) -> Payload:
-        return self.make_payload(x, buffers=[self._cast(x.reshape(-1))])
+        buf, finite = self._cast(x.reshape(-1))
+        if not bool(finite):
+            raise_non_finite(self.name, x)
+        return self.make_payload(x, buffers=[buf.contiguous()])
 
-    def _cast(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.to(self.wire_dtype).contiguous()
+    def _cast(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.cast_checked(flat, self.wire_dtype)
 
     def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
         buf = payload.buffers[0]
@@ -44,7 +48,10 @@ class NoCompression(_Cast):
     linear = True
 
     def _encode(self, x: torch.Tensor, state: Slot | None) -> Payload:
-        return self.make_payload(x, buffers=[x.reshape(-1).contiguous()])
+        flat = x.reshape(-1).contiguous()
+        if not bool(kernels.all_finite(flat)):
+            raise_non_finite(self.name, x)
+        return self.make_payload(x, buffers=[flat])
 
     def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
         return payload.buffers[0].view(payload.shape).clone()
@@ -65,8 +72,8 @@ class FP16(_Cast):
     linear = True
     wire_dtype = torch.float16
 
-    def _cast(self, flat: torch.Tensor) -> torch.Tensor:
-        return kernels.to_fp16_saturating(flat)
+    def _cast(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.fp16_checked(flat)
 
 
 @register

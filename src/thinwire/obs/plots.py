@@ -27,8 +27,11 @@ def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
         color = f"C{sorted(seen).index(label) % 10}"
         acc = [100 * h["test_accuracy"] for h in hist]
         ax_epoch.plot([h["epoch"] for h in hist], acc, marker="o", color=color, **kwargs)
-        xs = [max(h["bytes_wire_cum"], 1) for h in hist]
-        ax_bytes.plot(xs, acc, marker="o", color=color)
+        if hist[-1]["bytes_wire_cum"]:
+            ax_bytes.plot([max(h["bytes_wire_cum"], 1) for h in hist], acc, marker="o",
+                          color=color)
+        else:  # no communication (centralized): its final accuracy as a reference line
+            ax_bytes.axhline(acc[-1], color=color, linestyle="--", linewidth=1)
     ax_epoch.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy vs epoch")
     ax_bytes.set(xlabel="cumulative wire bytes (up + down)", ylabel="test accuracy (%)",
                  title="accuracy vs bytes", xscale="log")
