@@ -24,3 +24,10 @@ EXAMPLES: dict[str, str] = {
     "bbit": "bbit(bits=4)",
     "bin": "bin",
 }
+
+# Error feedback needs a contractive codec and tracks the raw inputs only without momentum.
+EF_EXAMPLES: dict[str, str] = {
+    **EXAMPLES,
+    "randomk": "randomk(ratio=0.1,unbiased=false)",
+    "dgc": "dgc(ratio=0.1,momentum=0.0)",
+}

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec_cases import EXAMPLES
+from codec_cases import EF_EXAMPLES, EXAMPLES
 from thinwire.codecs import REGISTRY, Decoder, Encoder, make_codec
 from thinwire.errors import CodecError
 from thinwire.wire import parse_payload, to_bytes
@@ -66,7 +66,7 @@ def test_round_trip_shape_dtype_and_exact_wire_size(name, shape, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_continues_identically(name):
-    spec = EXAMPLES[name]
+    spec = EF_EXAMPLES[name]
     enc, dec = Encoder(make_codec(spec, error_feedback=True)), Decoder()
     for step in range(3):
         dec.decode(enc.encode(sample((40, 30), step), "w"))
@@ -82,7 +82,7 @@ def test_state_dict_round_trip_continues_identically(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_error_feedback_tracks_the_sum_of_inputs(name):
-    codec = make_codec(EXAMPLES[name], error_feedback=True)
+    codec = make_codec(EF_EXAMPLES[name], error_feedback=True)
     enc, dec = Encoder(codec), Decoder()
     sent = torch.zeros(500, dtype=torch.float64)
     total = torch.zeros(500, dtype=torch.float64)

@@ -102,6 +102,14 @@ class Codec:
             raise CodecError(f"payload was encoded by '{payload.codec}', not '{self.name}'")
         return self._decode(payload, state)
 
+    def feedback_problem(self) -> str | None:
+        """Why error feedback would diverge around this configuration (None if it is fine).
+
+        Error feedback needs a contractive codec (||x - C(x)|| < ||x||); codecs that rescale
+        to stay unbiased (randomk's n/k) are not, and their residual grows without bound.
+        """
+        return self.inner.feedback_problem() if self.inner is not None else None
+
     def decode_params(self) -> str:
         dumped = self.params.model_dump()
         return format_params({k: dumped[k] for k in self.decode_keys})

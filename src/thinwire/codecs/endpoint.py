@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .base import Codec, CodecState
 from .feedback import ErrorFeedback
 from .payload import Payload
@@ -27,6 +28,9 @@ def make_codec(spec: str | dict | list | Codec, error_feedback: bool = False,
     """
     codec = build(spec, extra)
     if error_feedback and codec.lossy and not getattr(codec, "own_feedback", False):
+        problem = codec.feedback_problem()
+        if problem:
+            raise ConfigError(f"error feedback around '{codec.spec()}': {problem}")
         return ErrorFeedback(codec)
     return codec
 
