@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from codec_cases import EF_EXAMPLES, EXAMPLES
 from thinwire.codecs import REGISTRY, Decoder, Encoder, make_codec
-from thinwire.errors import CodecError
+from thinwire.errors import CodecError, ConfigError
 from thinwire.wire import parse_payload, to_bytes
 
 NAMES = sorted(REGISTRY)
@@ -111,3 +111,9 @@ def test_non_finite_input_is_refused(name, bad):
 def test_integer_input_is_refused(name):
     with pytest.raises(CodecError, match="floating"):
         Encoder(make_codec(EXAMPLES[name])).encode(torch.arange(10), "w")
+
+
+def test_error_feedback_refuses_non_contractive_codecs():
+    with pytest.raises(ConfigError, match="not contractive"):
+        make_codec("randomk(ratio=0.1)", error_feedback=True)
+    assert make_codec("randomk(ratio=0.1,unbiased=false)", error_feedback=True).stateful
