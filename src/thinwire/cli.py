@@ -1,4 +1,7 @@
-"""`thinwire ...`: run, compare, demo, codecs, bench. User mistakes print one line, exit 2."""
+"""thinwire: train PyTorch models together over thin links.
+
+User mistakes print one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--no-progress", action="store_true")
     sub.add_parser("codecs", help="list codecs: what each sends, bytes/element, properties")
+    for name, help_text in PASSTHROUGH_HELP.items():
+        sp = sub.add_parser(name, help=help_text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=["codecs"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="--numel N --json ...")
@@ -139,14 +145,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+# Runtimes with their own argument parsers: `thinwire NAME --help` shows their flags.
+PASSTHROUGH = {
+    "coordinator": ("thinwire.service.cli", "coordinator_main"),
+    "worker": ("thinwire.service.cli", "worker_main"),
+    "quick-test": ("thinwire.service.cli", "quick_test_main"),
+    "train-lm": ("thinwire.collective.train_lm", "main"),
+    "validate": ("thinwire.collective.validate", "validate_main"),
+    "generate": ("thinwire.collective.generate", "generate_main"),
+    "report": ("thinwire.collective.report", "report_main"),
+}
+PASSTHROUGH_HELP = {
+    "coordinator": "FLQ coordinator (HTTP service)",
+    "worker": "FLQ worker that trains and pushes updates to a coordinator",
+    "quick-test": "coordinator + workers on 127.0.0.1, N rounds, summary table",
+    "train-lm": "GPT-2 LM training with compressed DDP/FSDP hooks (use torchrun for >1 rank)",
+    "validate": "validation loss and perplexity of a saved LM",
+    "generate": "sample text from a saved LM",
+    "report": "table and plots from collective results.jsonl files",
+}
+
+
+def cmd_passthrough(args: argparse.Namespace) -> int:
+    import importlib
+
+    module, func = PASSTHROUGH[args.command]
+    return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
+
+
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "demo": cmd_demo, "codecs": cmd_codecs,
             "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:  # their own parsers handle every flag, --help too
+        args = argparse.Namespace(command=argv[0], rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = cmd_passthrough if args.command in PASSTHROUGH else COMMANDS[args.command]
+        return handler(args)
     except ThinwireError as exc:
         print(f"thinwire: error: {exc}", file=sys.stderr)
         return 2
