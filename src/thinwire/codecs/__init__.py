@@ -3,7 +3,7 @@
 Importing this package registers every codec.
 """
 
-from . import dense, intquant  # noqa: F401  (registration side effects)
+from . import dense, intquant, differential, sign, stochastic, index, sparse, sketch, powersgd  # noqa: F401  (registration side effects)
 from .base import Codec, CodecState, Slot
 from .endpoint import Decoder, Encoder, decode, make_codec
 from .feedback import ErrorFeedback

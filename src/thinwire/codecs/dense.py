@@ -54,7 +54,7 @@ class NoCompression(_Cast):
         return self.make_payload(x, buffers=[flat])
 
     def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
-        return payload.buffers[0].view(payload.shape).clone()
+        return kernels.fresh_copy(payload.buffers[0].view(payload.shape))
 
     def check(self, payload: Payload) -> None:
         expect = [(payload.dtype, payload.numel)]

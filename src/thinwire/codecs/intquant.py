@@ -62,20 +62,18 @@ class Int8(Codec):
         if n == 0:
             return self.make_payload(x, buffers=[flat.new_zeros(0, dtype=torch.uint8),
                                                  flat.new_zeros(0, dtype=torch.float32)])
-        rows = block_rows(flat, self.params.block)
-        amax = kernels.absmax_rows(rows)
-        if not bool(torch.isfinite(amax).all()):
+        size = self.params.block if self.params.block > 0 else n
+        scale, inv, finite = kernels.int8_scales(flat, size, self.qmax)
+        if not bool(finite):
             raise_non_finite(self.name, x)
-        scale = amax / self.qmax
-        inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
         noise = None
         if self.params.stochastic:
-            gen = torch.Generator(device=rows.device)
+            gen = torch.Generator(device=flat.device)
             gen.manual_seed(self.params.seed + (state or {}).get("step", 0))
-            noise = torch.rand(rows.shape, generator=gen, device=rows.device)
+            noise = torch.rand((scale.numel(), size), generator=gen, device=flat.device)
             if state is not None:
                 state["step"] = state.get("step", 0) + 1
-        codes = kernels.quantize_rows(rows, inv, self.qmax, noise).reshape(-1)[:n]
+        codes = kernels.quantize_blocks(flat, inv, self.qmax, size, noise)
         return self.make_payload(x, buffers=[self._pack(codes), scale])
 
     def _pack(self, codes: torch.Tensor) -> torch.Tensor:
@@ -96,8 +94,8 @@ class Int8(Codec):
             codes = data.view(torch.int8)
         else:
             codes = unpack(data, self.params.num_bits, n).to(torch.int16) - self.qmax
-        rows = block_rows(codes, self.params.block)
-        out = kernels.dequantize_rows(rows, scale).reshape(-1)[:n]
+        size = self.params.block if self.params.block > 0 else n
+        out = kernels.dequantize_blocks(codes, scale, size)
         return out.to(payload.dtype).view(payload.shape)
 
     def check(self, payload: Payload) -> None:

@@ -87,7 +87,9 @@ class RunConfig(Strict):
             return self.run_name
         if self.centralized:
             return f"centralized-s{self.seed}"
-        ef = "+ef" if self.error_feedback else ""
+        from ..codecs import build
+
+        ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
         return f"{self.mode}-{self.codec}{ef}-{self.policy}-s{self.seed}"
 
 
