@@ -69,9 +69,13 @@ class Simulation:
         self.train_losses: list[float] = []
 
     def _policy(self):
+        """LAQ's step is theta -= alpha * sum_m g_m. Ours is the mean over M nodes of
+        lr * grad (sync, alpha = lr/M) or of deltas that already include lr (fedavg,
+        alpha = 1/M), so its threshold scale 1/(alpha^2 M^2) is 1/lr^2 or 1."""
         c = self.cfg
+        alpha = (c.lr if c.mode == "sync" else 1.0) / c.nodes
         return make_policy(c.policy, c.communication.model_dump(), c.laq.model_dump(),
-                           self.history, alpha=c.lr, workers=c.nodes)
+                           self.history, alpha=alpha, workers=c.nodes)
 
     def write(self, line: str) -> None:
         self._log_file.write(line + "\n")

@@ -1,0 +1,313 @@
+"""Round mechanics of the coordinator (mixed into `Coordinator`, which owns the state).
+
+sync: a round collects one answer per active worker (an update, a lazy skip, or "not
+selected"), closes when every active worker answered (and at least min_workers did), or at
+round_timeout after the round's first pull with at least min_workers answers. The step is
+mean(pool) * server_lr * (m/sel_ref if sel_ref), pool = fresh updates plus the last
+contribution of lazy or unselected workers (skipped="reuse").
+async: each update applies on arrival, weighted by mix * (1 + staleness)^-a; a "round" is
+total_workers applied updates.
+Budget selection (sync): workers offer (score=||q||^2, bits) before uploading; the top
+sel_clients by score/bits, or a greedy knapsack under up_budget_bits, may upload.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from ..aggregate import Contribution
+from ..codecs import Decoder
+from ..policy import select_budget, select_top_k
+from ..wire import Update, parse_update
+from .ingest import ServiceError, check_header, check_layout, decode_all, parse, restore
+
+
+class RoundLogic:
+    # ---- round bookkeeping ------------------------------------------------------------
+    def _reset_round(self) -> None:
+        self.pending: dict[str, Contribution] = {}
+        self.skips: dict[str, str] = {}
+        self.offers: dict[str, tuple[float, int]] = {}
+        self.selected: set[str] | None = None
+        self.unselected: set[str] = set()
+        self.round_started: float | None = None
+
+    def _responded(self) -> set[str]:
+        return set(self.pending) | set(self.skips) | self.unselected
+
+    def _round_seen(self) -> None:
+        """The deadline clock starts at the round's first pull (not while nobody works)."""
+        if self.round_started is None and not self.done:
+            self.round_started = time.monotonic()
+
+    def _expected(self) -> set[str]:
+        return {w for w, i in self.workers.items() if i["state"] == "active"}
+
+    def _mark_offline(self) -> None:
+        now, limit = time.time(), self.cfg.offline_seconds()
+        for info in self.workers.values():
+            if info["state"] == "active" and now - info["last_seen"] > limit:
+                info["state"] = "offline"
+                self.log(f"worker {info['id']} offline (silent {now - info['last_seen']:.0f}s)")
+
+    # ---- uploads ----------------------------------------------------------------------
+    def push(self, body: bytes) -> dict[str, Any]:
+        """Validate, decode, journal, then count an update; idempotent by (worker, round, seq)."""
+        update = parse(body, self.limits)
+        check_header(update)
+        wid = update.node_id
+        with self.lock:
+            self._known(wid)
+            self._touch(wid)
+            if [update.round, update.seq] in self.applied_keys.get(wid, []):
+                return self._answer("duplicate", applied=False)
+            self._admissible(wid, update)
+            check_layout(update, self.layout, self.codec_name)
+            decoder = self.decoders.setdefault(wid, Decoder())
+            decoded, before = decode_all(decoder, update)
+            try:
+                self.store.append({"type": "update", "worker": wid}, body)
+            except OSError as exc:
+                restore(decoder, before)
+                raise ServiceError(503, f"cannot journal the update ({exc.strerror}); the "
+                                        "coordinator's disk is failing, retry later") from None
+            self._accept(wid, update, decoded, len(body))
+            answer = self._answer("accepted", applied=True)
+            self._maybe_close()
+            return answer
+
+    def _answer(self, status: str, applied: bool) -> dict[str, Any]:
+        return {"status": status, "applied": applied, "round": self.round,
+                "version": self.version, "done": self.done}
+
+    def _admissible(self, wid: str, update: Update) -> None:
+        if self.cfg.schedule == "async":
+            if update.base_version > self.version:
+                raise ServiceError(400, f"base_version {update.base_version} is ahead of the "
+                                        f"coordinator's version {self.version}")
+            stale = self.version - update.base_version
+            if stale > self.cfg.max_staleness:
+                raise ServiceError(409, f"update is {stale} versions stale (max "
+                                        f"{self.cfg.max_staleness}); pull the model again")
+            return
+        if self.done:
+            raise ServiceError(409, "training is finished; nothing more is accepted")
+        if update.round != self.round:
+            raise ServiceError(409, f"update is for round {update.round} but round "
+                                    f"{self.round} is open; pull the model and train again")
+        if wid in self._responded():
+            raise ServiceError(409, f"worker {wid} already answered round {self.round}")
+        if self.cfg.selection and (self.selected is None or wid not in self.selected):
+            raise ServiceError(409, f"worker {wid} is not selected in round {self.round}: "
+                                    "POST /v1/offers first and upload only if selected")
+
+    def _accept(self, wid: str, update: Update, decoded: dict, nbytes: int) -> None:
+        self.workers[wid]["sent"] += 1
+        self.ledger.upload(wid, 4 * self.numel, nbytes)
+        keys = self.applied_keys.setdefault(wid, [])
+        keys.append([update.round, update.seq])
+        del keys[:-64]
+        self.samples += update.num_samples
+        if "train_loss" in update.metrics:
+            self.train_losses.append(float(update.metrics["train_loss"]))
+            del self.train_losses[:-1000]
+        if self.cfg.schedule == "sync":
+            self.pending[wid] = Contribution(decoded, max(update.num_samples, 1),
+                                             update.confidence)
+        else:
+            self._apply_async(decoded, self.version - update.base_version)
+
+    # ---- skips and offers -------------------------------------------------------------
+    def skip(self, wid: str, round_: int, reason: str = "lazy") -> dict[str, Any]:
+        with self.lock:
+            self._known(wid)
+            self._touch(wid)
+            if self.cfg.schedule == "sync":
+                if wid in self._responded() and round_ == self.round:
+                    return self._answer("duplicate", applied=False)
+                if round_ != self.round or self.done:
+                    raise ServiceError(409, f"skip is for round {round_} but round "
+                                            f"{self.round} is open")
+            rec = {"type": "skip", "worker": wid, "round": round_, "reason": str(reason)[:40]}
+            self.store.append(rec)
+            self._do_skip(rec)
+            answer = self._answer("accepted", applied=True)
+            self._maybe_close()
+            return answer
+
+    def _do_skip(self, rec: dict[str, Any]) -> None:
+        self.workers[rec["worker"]]["skipped"] += 1
+        self.ledger.skip(rec["worker"], 4 * self.numel)
+        if self.cfg.schedule == "sync":
+            self.skips[rec["worker"]] = rec["reason"]
+
+    def offer(self, wid: str, round_: int, score: float, bits: int) -> dict[str, Any]:
+        """Budget selection, phase one: returns selected true/false, or null (undecided)."""
+        if not (math.isfinite(score) and score >= 0 and 0 < bits < 1 << 50):
+            raise ServiceError(400, f"offer needs a finite score >= 0 and bits > 0, got "
+                                    f"{score}, {bits}")
+        with self.lock:
+            self._known(wid)
+            self._touch(wid)
+            if not self.cfg.selection:
+                raise ServiceError(409, "budget selection is off (sel_clients = 0 and "
+                                        "up_budget_bits = 0): upload directly")
+            if round_ != self.round or self.done:
+                raise ServiceError(409, f"offer is for round {round_} but round {self.round} "
+                                        "is open")
+            if self.selected is None:
+                self.offers[wid] = (float(score), int(bits))
+                self._maybe_select()
+            if self.selected is None:
+                return {"selected": None, "round": self.round}
+            if wid not in self.selected and wid not in self.unselected:
+                self.unselected.add(wid)  # offered after the decision
+                self.ledger.skip(wid, 4 * self.numel)
+                self.workers[wid]["skipped"] += 1
+                self._maybe_close()
+            return {"selected": wid in self.selected, "round": self.round}
+
+    def _maybe_select(self) -> None:
+        if not self.cfg.selection or self.selected is not None or not self.offers:
+            return
+        answered = set(self.offers) | set(self.skips)
+        late = (self.round_started is not None and
+                time.monotonic() >= self.round_started + self.cfg.round_timeout / 2)
+        if self._expected() <= answered or late:
+            scores = {w: s for w, (s, _) in self.offers.items()}
+            costs = {w: b for w, (_, b) in self.offers.items()}
+            if self.cfg.sel_clients:
+                ratio = {w: scores[w] / max(costs[w], 1) for w in scores}
+                chosen = select_top_k(ratio, self.cfg.sel_clients)
+            else:
+                chosen = select_budget(scores, costs, self.cfg.up_budget_bits)
+            rec = {"type": "select", "round": self.round, "selected": sorted(chosen),
+                   "offers": {w: list(v) for w, v in self.offers.items()}}
+            self.store.append(rec)
+            self._do_select(rec)
+
+    def _do_select(self, rec: dict[str, Any]) -> None:
+        self.selected = set(rec["selected"])
+        self.offers = {w: (v[0], v[1]) for w, v in rec["offers"].items()}
+        self.unselected = set(self.offers) - self.selected
+        for w in self.unselected:
+            self.ledger.skip(w, 4 * self.numel)
+            self.workers[w]["skipped"] += 1
+
+    # ---- closing a round --------------------------------------------------------------
+    def tick(self) -> None:
+        """Called periodically: offline detection, selection and round deadlines."""
+        with self.lock:
+            self._mark_offline()
+            if self.cfg.schedule == "sync" and not self.done:
+                self._maybe_select()
+                self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.cfg.schedule != "sync" or self.done:
+            return
+        responded = self._responded()
+        if len(responded) < self.cfg.min_workers:
+            return
+        if not self._expected() - responded:
+            self._close_round("complete")
+        elif (self.round_started is not None and
+              time.monotonic() >= self.round_started + self.cfg.round_timeout):
+            self._close_round("deadline")
+
+    def _close_round(self, reason: str) -> None:
+        fresh, agg = self.pending, self.aggregator
+        for w, c in fresh.items():
+            agg.submit(w, c)
+        hidden = {w: agg.last.pop(w) for w in list(agg.last)
+                  if w not in fresh and self.workers.get(w, {}).get("state") != "active"}
+        pool = set(agg.last) | set(fresh) if self.cfg.skipped == "reuse" else set(fresh)
+        result = agg.result()
+        agg.last.update(hidden)
+        if result is not None:
+            self._apply_sync(result, len(pool))
+        entry = {"round": self.round, "version": self.version, "reason": reason,
+                 "selected": sorted(fresh), "skipped": sorted(self.skips),
+                 "unselected": sorted(self.unselected), "combined": len(pool),
+                 "missing": sorted(self._expected() - self._responded()),
+                 "bits_up": 8 * self.ledger.totals()["up_wire"]}
+        self.selection_history.append(entry)
+        self.round += 1
+        self._reset_round()
+        self.commit()
+        self._after_round(entry)
+
+    def _apply_sync(self, result: dict[str, torch.Tensor], m: int) -> None:
+        scale = self.cfg.server_lr * (m / self.cfg.sel_ref if self.cfg.sel_ref else 1.0)
+        self._step(result, scale, replace_buffers=True)
+
+    def _apply_async(self, decoded: dict[str, torch.Tensor], staleness: int) -> None:
+        weight = (self.cfg.mix() * self.cfg.server_lr
+                  * (1.0 + max(staleness, 0)) ** -self.cfg.staleness_exponent)
+        self._step(decoded, weight, replace_buffers=False)
+        self.applied += 1
+        if self.applied % self.cfg.total_workers == 0:
+            entry = {"round": self.round, "version": self.version, "reason": "async",
+                     "staleness": staleness, "bits_up": 8 * self.ledger.totals()["up_wire"]}
+            self.selection_history.append(entry)
+            self.round += 1
+            if self.round % self.cfg.commit_every == 0 or self.done:
+                self.commit()
+            self._after_round(entry)
+
+    def _step(self, delta: dict[str, torch.Tensor], scale: float, replace_buffers: bool) -> None:
+        change = 0.0
+        for n, p in self.params.items():
+            step = delta[n] * scale
+            p.add_(step)
+            change += float(step.pow(2).sum())
+        for n, b in self.buffers.items():
+            new = delta.get("buffer:" + n)
+            if new is not None:
+                b.copy_(new) if replace_buffers else b.lerp_(new.to(b.dtype), min(scale, 1.0))
+        self.history.push(change)
+        self.version += 1
+        self._advance_view()
+
+    # ---- restart ----------------------------------------------------------------------
+    def _replay(self) -> int:
+        """Re-apply journaled messages the snapshot does not cover, in their original order."""
+        self._replaying, count, start_round = True, 0, self.round
+        sync = self.cfg.schedule == "sync"
+        try:
+            for rec, body in self.store.records():
+                kind = rec["type"]
+                if kind == "register":
+                    self._do_register(rec)
+                elif kind == "leave" and rec["worker"] in self.workers:
+                    self._do_leave(rec["worker"])
+                elif kind == "skip" and (not sync or rec["round"] == self.round):
+                    self._do_skip(rec)
+                    self._maybe_close()
+                elif kind == "select" and rec["round"] == self.round:
+                    self._do_select(rec)
+                elif kind == "update" and self._replay_update(body, sync):
+                    self._maybe_close()
+                else:
+                    continue
+                count += 1
+        finally:
+            self._replaying = False
+        if count and (not sync or self.round != start_round):
+            self.commit()
+        return count
+
+    def _replay_update(self, body: bytes, sync: bool) -> bool:
+        update = parse_update(body, self.limits)
+        wid = update.node_id
+        if wid not in self.workers or (sync and update.round != self.round):
+            return False
+        if [update.round, update.seq] in self.applied_keys.get(wid, []):
+            return False
+        decoded, _ = decode_all(self.decoders.setdefault(wid, Decoder()), update)
+        self._accept(wid, update, decoded, len(body))
+        return True
