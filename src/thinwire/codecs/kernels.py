@@ -65,14 +65,18 @@ def _split(n: int, size: int) -> tuple[int, int]:
 def int8_scales(flat: torch.Tensor, size: int,
                 qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scale, 1/scale or 0, all-finite flag) per block of `size`: max|x| / qmax."""
-    m, nb = _split(flat.numel(), size)
-    parts = [scales_rows(flat[:m].view(nb, size), qmax)] if nb else []
-    if m < flat.numel():
-        parts.append(scales_rows(flat[m:].view(1, -1), qmax))
-    if len(parts) == 1:
-        return parts[0]
-    (s1, i1, ok1), (s2, i2, ok2) = parts
-    return torch.cat([s1, s2]), torch.cat([i1, i2]), ok1 & ok2
+    n = flat.numel()
+    m, nb = _split(n, size)
+    blocks = nb + (m < n)
+    scale = torch.empty(blocks, dtype=torch.float32, device=flat.device)
+    inv = torch.empty_like(scale)
+    finite = torch.ones((), dtype=torch.bool, device=flat.device)
+    for lo, hi, rows in ((0, m, nb), (m, n, 1)):  # whole blocks, then the short last one
+        if hi > lo:
+            b0 = lo // size
+            finite = finite & scales_into(flat[lo:hi].view(rows, -1), qmax,
+                                          scale[b0:b0 + rows], inv[b0:b0 + rows])
+    return scale, inv, finite
 
 
 def quantize_blocks(flat: torch.Tensor, inv_scale: torch.Tensor, qmax: int, size: int,
@@ -110,14 +114,15 @@ def absmax_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 @fusable
-def scales_rows(rows: torch.Tensor,
-                qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row absmax scale, its reciprocal and the finite flag: one kernel once compiled
-    (each tiny eager op costs a thread wake-up on a busy machine)."""
+def scales_into(rows: torch.Tensor, qmax: int, scale: torch.Tensor,
+                inv: torch.Tensor) -> torch.Tensor:
+    """Per-row absmax / qmax into `scale`, its reciprocal (0 for all-zero rows) into `inv`;
+    returns the all-finite flag. One kernel once compiled (on a busy machine every small
+    eager op costs a thread wake-up)."""
     amax = rows.abs().amax(dim=1).float()
-    scale = amax / qmax
-    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    return scale, inv, torch.isfinite(amax).all()
+    scale.copy_(amax / qmax)
+    inv.copy_(torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale)))
+    return torch.isfinite(amax).all()
 
 
 @fusable
