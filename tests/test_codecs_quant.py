@@ -369,3 +369,17 @@ def test_spec_round_trip_of_signsgd_scale_none():
     with pytest.raises(ConfigError, match="scale=mean"):  # +-1 would make the residual grow
         make_codec("signsgd(scale=none)", error_feedback=True)
     make_codec("signsgd(scale=mean)", error_feedback=True)
+
+
+def test_sign_codecs_fused_path_is_bit_identical():
+    from thinwire.codecs import fused
+
+    x = torch.randn(20_001) * torch.rand(20_001) ** 4
+    for spec in ("signsgd(scale=mean)", "signsgd(scale=none)", "onebit"):
+        with fused.forced("0"):
+            p0 = make_codec(spec).encode(x)
+            d0 = decode(p0)
+        with fused.forced("1", 1):
+            p1 = make_codec(spec).encode(x)
+            d1 = decode(p1)
+        assert torch.equal(p0.buffers[0], p1.buffers[0]) and torch.equal(d0, d1), spec

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..errors import CodecError
 from . import bits as bitpack
-from . import fused
+from . import fused, kernels
 from .base import Codec, Slot, raise_non_finite
 from .bits import packed_len
 from .payload import Payload
@@ -158,6 +158,8 @@ class Lut:
 
 def lut_decode(data: torch.Tensor, values: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """values[code] for the n packed codes; codes past len(values) decode to 0."""
+    if bits == 1 and len(values) == 2 and fused.wanted(data, n):
+        return kernels.sign_unpack(data, n, values[0], values[1], values.dtype)
     return Lut(values, bits).decode(data, n)
 
 
@@ -187,6 +189,8 @@ def sign_scratch(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 
 def sign_bits(flat: torch.Tensor) -> torch.Tensor:
     """Packed (x < 0) bits of a whole flat tensor, 1 per element (bits.pack layout)."""
+    if fused.wanted(flat):
+        return kernels.sign_pack(flat)
     out, scratch = sign_scratch(flat.numel(), flat.device)
     for lo, hi in spans(flat.numel(), flat.device):
         pack_signs_into(out, flat[lo:hi], lo, scratch)
