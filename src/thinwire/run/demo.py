@@ -7,7 +7,7 @@ from pathlib import Path
 from .compare import run_compare
 from .config import validate
 
-DEMO_EPOCHS = 4
+DEMO_EPOCHS = 10
 
 
 def demo_configs(out: Path, epochs: int | None, data_dir: Path | None) -> list:
