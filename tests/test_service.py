@@ -16,7 +16,8 @@ import torch
 
 from thinwire.codecs import decode, make_codec
 from thinwire.errors import ConfigError
-from thinwire.service.cli import coordinator_main, run_main
+from thinwire.errors import run_main
+from thinwire.service.cli import coordinator_main
 from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
 from thinwire.service.flq import Learner

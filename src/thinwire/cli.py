@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ThinwireError
+from .errors import ThinwireError, run_main
 
 RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--task", {"help": "mnist | cifar10 | synthetic (default mnist)"}),
@@ -183,15 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command=argv[0], rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
-    try:
-        handler = cmd_passthrough if args.command in PASSTHROUGH else COMMANDS[args.command]
-        return handler(args)
-    except ThinwireError as exc:
-        print(f"thinwire: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("thinwire: interrupted", file=sys.stderr)
-        return 130
+    handler = cmd_passthrough if args.command in PASSTHROUGH else COMMANDS[args.command]
+    return run_main(lambda _: handler(args))
 
 
 if __name__ == "__main__":

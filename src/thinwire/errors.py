@@ -1,5 +1,8 @@
 """Error types shared by every layer. A user mistake raises one of these with a fix-it message."""
 
+import sys
+from collections.abc import Callable
+
 
 class ThinwireError(Exception):
     """Base class: the CLI prints these as one line instead of a traceback."""
@@ -19,3 +22,15 @@ class WireError(ThinwireError, ValueError):
 
 class DataError(ThinwireError, ValueError):
     """Missing, truncated or corrupt data files."""
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command entry point; a user mistake prints one line and exits 2."""
+    try:
+        return main(argv)
+    except ThinwireError as exc:
+        print(f"thinwire: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thinwire: interrupted", file=sys.stderr)
+        return 130

@@ -259,6 +259,6 @@ def coordinator_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from ..errors import run_main
 
     sys.exit(run_main(coordinator_main))

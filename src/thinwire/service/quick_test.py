@@ -158,6 +158,6 @@ def wait_done(url: str, coord: subprocess.Popen, timeout: float) -> dict[str, An
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from ..errors import run_main
 
     sys.exit(run_main(quick_test_main))

@@ -255,6 +255,6 @@ def _valid_shard(text: str) -> bool:
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from ..errors import run_main
 
     sys.exit(run_main(worker_main))
