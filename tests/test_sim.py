@@ -141,3 +141,49 @@ def test_vmap_node_batching_matches_the_loop(tmp_path):
     batched = run(cfg(tmp_path / "vmap", codec="int8", epochs=2, node_batching="vmap"))
     assert batched["test_loss"] == pytest.approx(loop["test_loss"], rel=1e-4)
     assert batched["bytes_up_wire"] == loop["bytes_up_wire"]
+
+
+def test_pack_sends_one_payload_and_none_codec_matches_unpacked(tmp_path):
+    """Packing changes the message layout, not the arithmetic: with `none` the training
+    is identical; with top-k it removes per-tensor metadata, so the uplink ratio grows."""
+    keys = ("test_accuracy", "test_loss", "uploads")
+    plain = run(cfg(tmp_path / "a", codec="none"))
+    packed = run(cfg(tmp_path / "b", codec="none", pack=True))
+    assert [plain[k] for k in keys] == pytest.approx([packed[k] for k in keys], rel=1e-5)
+    msgs = []
+    real = sim_module.serialize_update
+
+    def recording(update):
+        msgs.append(update)
+        return real(update)
+
+    sim_module.serialize_update = recording
+    try:
+        sparse_plain = run(cfg(tmp_path / "c", codec="topk(ratio=0.05)+int8", error_feedback=True,
+                               epochs=1))
+        msgs.clear()
+        sparse_packed = run(cfg(tmp_path / "d", codec="topk(ratio=0.05)+int8",
+                                error_feedback=True, epochs=1, pack=True))
+    finally:
+        sim_module.serialize_update = real
+    assert all(len(m.tensors) == 1 for m in msgs)
+    assert sparse_packed["compression_ratio"] > 1.5 * sparse_plain["compression_ratio"]
+    assert sparse_packed["test_accuracy"] > 0.8
+
+
+def test_lr_schedules_follow_the_step(tmp_path):
+    from thinwire.run.schedule import lr_at
+
+    step = cfg(tmp_path, lr=0.1, epochs=3, lr_schedule="step")
+    assert [lr_at(step, s, 10) for s in (0, 19, 20, 29)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    two = cfg(tmp_path, lr=0.1, epochs=3, lr_schedule="step", lr_milestones=[1, 2], lr_gamma=0.5)
+    assert [lr_at(two, s, 10) for s in (9, 10, 20)] == pytest.approx([0.1, 0.05, 0.025])
+    cos = cfg(tmp_path, lr=0.1, epochs=2, lr_schedule="cosine")
+    assert [lr_at(cos, s, 10) for s in (0, 10, 20)] == pytest.approx([0.1, 0.05, 0.0])
+    with pytest.raises(ConfigError, match="lr_milestones"):
+        cfg(tmp_path, lr_schedule="step", lr_milestones=[0])
+    # the schedule reaches the optimizer: a decayed last epoch moves the weights less
+    flat = run(cfg(tmp_path / "flat", epochs=2, lr=0.5))
+    decayed = run(cfg(tmp_path / "dec", epochs=2, lr=0.5, lr_schedule="step", lr_gamma=0.01))
+    assert flat["history"][0]["test_loss"] == decayed["history"][0]["test_loss"]
+    assert flat["history"][1]["test_loss"] != decayed["history"][1]["test_loss"]

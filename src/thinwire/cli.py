@@ -30,6 +30,11 @@ RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--weight", {"help": "samples | uniform | confidence"}),
     ("--epochs", {"type": int}), ("--batch-size", {"type": int, "help": "per node"}),
     ("--lr", {"type": float}), ("--momentum", {"type": float}), ("--seed", {"type": int}),
+    ("--lr-schedule", {"help": "constant (default) | step (x lr_gamma at lr_milestones, "
+                               "default the last epoch) | cosine"}),
+    ("--pack", {"action": "store_true", "default": None,
+                "help": "send all tensors as one flat payload (global top-k, less metadata)"}),
+    ("--threads", {"type": int, "help": "torch intra-op threads (default: torch's)"}),
     ("--bandwidth", {"help": "per-node link, e.g. 10gbit (default), 100mbit, or a list"}),
     ("--downlink", {"help": "downlink bandwidth if different"}),
     ("--latency-ms", {"type": float}),

@@ -56,6 +56,10 @@ class RunConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
     batch_size: int = Field(64, ge=1, description="per node")
     lr: float = Field(0.05, gt=0)
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    lr_milestones: list[int] = Field(default_factory=list,
+                                     description="step schedule: epochs where lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
@@ -65,6 +69,9 @@ class RunConfig(Strict):
     topology: Literal["star", "ring"] = "star"
     centralized: bool = False
     node_batching: Literal["loop", "vmap"] = "loop"
+    pack: bool = Field(False, description="one flat tensor per message: one payload, "
+                       "global top-k, no per-tensor metadata")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     out: Path = Path("runs")
     checkpoint_every: int = Field(5, ge=0, description="epochs; 0 disables")
     resume: bool = False
@@ -80,6 +87,8 @@ class RunConfig(Strict):
         make_codec(self.down_codec)
         make_policy(self.policy, self.communication.model_dump(), self.laq.model_dump())
         LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
+        if any(m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones={self.lr_milestones}: epochs count from 1")
         return self
 
     def name(self) -> str:

@@ -13,7 +13,7 @@ DEMO_EPOCHS = 10
 def demo_configs(out: Path, epochs: int | None, data_dir: Path | None) -> list:
     base = {"task": "mnist", "data_dir": data_dir, "nodes": 4, "split": "iid", "mode": "sync",
             "epochs": epochs or DEMO_EPOCHS, "batch_size": 32, "lr": 0.05, "out": out,
-            "checkpoint_every": 0, "seed": 0}
+            "checkpoint_every": 0, "seed": 0, "pack": True, "lr_schedule": "step"}
     return [
         validate({**base, "centralized": True}),
         validate({**base, "codec": "none"}),

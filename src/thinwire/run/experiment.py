@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import torch
 from tqdm import tqdm
 
 from ..obs.results import append_row
@@ -23,6 +24,8 @@ def stderr_log(line: str) -> None:
 def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = True,
                    log: Log | None = stderr_log) -> dict:
     """Train, evaluate every epoch, append a row to `<out>/results.jsonl`, return the row."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
     sim = Simulation(cfg, task, log=log)
     if not (cfg.resume and sim.try_resume()):
@@ -86,7 +89,8 @@ def result_row(sim: Simulation, elapsed: float) -> dict:
         "error_feedback": cfg.error_feedback and not cfg.centralized,
         "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,
         "epochs": len(sim.records), "steps": sim.step, "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+        "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "pack": cfg.pack,
+        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
         "train_loss": last["train_loss"], "bytes_raw_total": raw, "bytes_wire_total": wire,
         "bytes_up_wire": totals["up_wire"], "bytes_down_wire": totals["down_wire"],
         "compression_ratio": (totals["up_raw"] / totals["up_wire"]

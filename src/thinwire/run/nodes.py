@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..codecs import Encoder
+from ..codecs import Encoder, ErrorFeedback
 from ..policy import SendContext, SendPolicy
 from ..wire import Update
 
@@ -16,6 +16,18 @@ Tensors = dict[str, torch.Tensor]
 def epoch_generator(seed: int, node: int, epoch: int) -> torch.Generator:
     """Data order depends only on (seed, node, epoch), so a resumed run replays it exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + node * 7_919 + epoch)
+
+
+@dataclass
+class Decision:
+    """One upload decision: what to send (payloads), and for a tentative send the
+    reconstruction and the state to roll back to."""
+    send: bool
+    reason: str
+    ctx: SendContext
+    payloads: list = field(default_factory=list)
+    recon: Tensors | None = None
+    snapshot: tuple | None = None
 
 
 @dataclass
@@ -50,34 +62,55 @@ class SimNode:
         gen = epoch_generator(self.seed, self.index, self.epoch)
         return self.shard[torch.randperm(len(self.shard), generator=gen)]
 
-    def prepare(self, tensors: Tensors, step: int, confidence: float,
-                num_samples: int, kind: str) -> tuple[Update | None, str]:
-        """Ask the policy; encode (tentatively if the policy must see the encoding first)."""
+    @property
+    def carries_error(self) -> bool:
+        """Error feedback (wrapper or the codec's own) keeps the quantization error for the
+        next upload instead of dropping it, so LAQ's error term does not apply."""
+        codec = self.encoder.codec
+        return isinstance(codec, ErrorFeedback) or getattr(codec, "own_feedback", False)
+
+    def decide(self, tensors: Tensors, step: int, confidence: float,
+               tentative: bool = False) -> Decision:
+        """Ask the policy, encoding first when it (LAQ) must see the reconstruction. A skip
+        leaves the encoder as it was. `tentative` (the service: the coordinator may still
+        refuse) always reconstructs and keeps a snapshot for `rollback`."""
         norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in tensors.values())))
         ctx = SendContext(step=step, grad_norm=norm, confidence=confidence)
-        if not self.policy.needs_encoding:
+        if not (self.policy.needs_encoding or tentative):
             send, reason = self.policy.decide(ctx)
             if not send:
-                return None, reason
-            payloads = [self.encoder.encode(t, name) for name, t in tensors.items()]
-        else:
-            snapshot = self.encoder.state_dict()
-            pairs = {name: self.encoder.roundtrip(t, name) for name, t in tensors.items()}
-            recon = {name: r for name, (_, r) in pairs.items()}
-            ctx.error_sq = _sq_dist(tensors, recon)
-            ctx.innovation_sq = _sq_dist(recon, self.last_sent) if self.last_sent else None
-            if ctx.innovation_sq is None:
-                ctx.innovation_sq = float("inf")
-            send, reason = self.policy.decide(ctx)
-            if not send:
-                self.encoder.load_state_dict(snapshot)
-                return None, reason
-            self.last_sent = recon
-            payloads = [p for p, _ in pairs.values()]
+                return Decision(False, reason, ctx)
+            self.policy.sent(ctx)
+            return Decision(True, reason, ctx,
+                            [self.encoder.encode(t, name) for name, t in tensors.items()])
+        snapshot = (self.encoder.state_dict(), self.policy.state_dict(), self.last_sent)
+        pairs = {name: self.encoder.roundtrip(t, name) for name, t in tensors.items()}
+        recon = {name: r for name, (_, r) in pairs.items()}
+        ctx.error_sq = 0.0 if self.carries_error else _sq_dist(tensors, recon)
+        ctx.innovation_sq = _sq_dist(recon, self.last_sent)
+        send, reason = self.policy.decide(ctx)
+        if not send:
+            self.encoder.load_state_dict(snapshot[0])
+            return Decision(False, reason, ctx)
         self.policy.sent(ctx)
-        update = Update(node_id=self.node_id, tensors=payloads, round=step, seq=step,
-                        confidence=confidence, num_samples=num_samples, kind=kind)
-        return update, reason
+        self.last_sent = recon
+        return Decision(True, reason, ctx, [p for p, _ in pairs.values()], recon,
+                        snapshot if tentative else None)
+
+    def rollback(self, snapshot: tuple) -> None:
+        """Undo a tentative send that did not happen: encoder, policy and last-sent."""
+        encoder, policy, last = snapshot
+        self.encoder.load_state_dict(encoder)
+        self.policy.load_state_dict(policy)
+        self.last_sent = last
+
+    def prepare(self, tensors: Tensors, step: int, confidence: float,
+                num_samples: int, kind: str) -> tuple[Update | None, str]:
+        d = self.decide(tensors, step, confidence)
+        if not d.send:
+            return None, d.reason
+        return Update(node_id=self.node_id, tensors=d.payloads, round=step, seq=step,
+                      confidence=confidence, num_samples=num_samples, kind=kind), d.reason
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "policy": self.policy.state_dict(),

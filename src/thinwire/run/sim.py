@@ -26,6 +26,9 @@ from .config import RunConfig
 from .link import LinkModel
 from .batched import VmapGrads
 from .nodes import SimNode, Tensors
+from .schedule import lr_at
+
+PACKED = "packed"
 
 Log = Callable[[str], None]
 
@@ -111,7 +114,7 @@ class Simulation:
     def _exchange(self, node: SimNode, tensors: Tensors, confidence: float, samples: int,
                   kind: str) -> int:
         """Policy, encode, serialize, parse, decode, submit. Returns uploaded bytes."""
-        update, _ = node.prepare(tensors, self.step, confidence, samples, kind)
+        update, _ = node.prepare(self._pack(tensors), self.step, confidence, samples, kind)
         if update is None:
             self.ledger.skip(node.node_id, self.raw_bytes)
             return 0
@@ -137,6 +140,24 @@ class Simulation:
         received = parse_update(data)
         return {t.name: self.down_decoder.decode(t) for t in received.tensors}, len(data)
 
+    def _pack(self, tensors: Tensors) -> Tensors:
+        """`pack`: one flat tensor, so one payload carries the whole model (top-k is global)."""
+        if not self.cfg.pack:
+            return tensors
+        return {PACKED: torch.cat([tensors[n].reshape(-1) for n in self.params])}
+
+    def _unpack(self, tensors: Tensors) -> Tensors:
+        if not self.cfg.pack:
+            return tensors
+        flat, out, at = tensors[PACKED], {}, 0
+        for n, p in self.params.items():
+            out[n] = flat[at: at + p.numel()].view_as(p)
+            at += p.numel()
+        return out
+
+    def lr(self) -> float:
+        return lr_at(self.cfg, self.step, self.steps_per_epoch())
+
     def _node_grads(self) -> list[tuple[Tensors, float]]:
         """Each node's gradient on its next batch, one node at a time or batched with vmap."""
         if self._vmapped is not None:
@@ -150,6 +171,7 @@ class Simulation:
     def sync_step(self) -> None:
         if self.cfg.centralized:
             self._forward_backward(self.nodes[0])
+            self._set_lr()
             self.opt.step()
             return
         ups = [self._exchange(node, grads, conf, self.batch, "grad")
@@ -158,9 +180,11 @@ class Simulation:
         down = 0
         if avg is not None:
             grads, down = self._broadcast(avg)
+            grads = self._unpack(grads)
             before = self._snapshot()
             for n, p in self.params.items():
                 p.grad = grads[n].to(p.dtype)
+            self._set_lr()
             self.opt.step()
             self.history.push(self._change_sq(before))
         self._account(ups, down)
@@ -171,7 +195,7 @@ class Simulation:
         ups = []
         for node in self.nodes:
             self._load(start, start_buffers)
-            local = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr,
+            local = torch.optim.SGD(self.model.parameters(), lr=self.lr(),
                                     momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay)
             confs = []
@@ -188,6 +212,7 @@ class Simulation:
             buffer_avg = {k[7:]: v for k, v in avg.items() if k.startswith("buffer:")}
             delta, down = self._broadcast({k: v for k, v in avg.items()
                                            if not k.startswith("buffer:")})
+            delta = self._unpack(delta)
             with torch.no_grad():
                 for n, p in self.params.items():
                     p.add_(delta[n].to(p.dtype))
@@ -196,6 +221,10 @@ class Simulation:
                         b.copy_(buffer_avg[n])
             self.history.push(self._change_sq(start))
         self._account(ups, down)
+
+    def _set_lr(self) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr()
 
     def _account(self, ups: list[int], down: int) -> None:
         if self.cfg.topology == "ring":

@@ -1,9 +1,8 @@
 """A worker's FLQ step without any network: local SGD on its shard, then the upload decision.
 
-`Learner.propose` mirrors the simulator's `SimNode.prepare` (run/nodes.py): encode
-tentatively through the node's Encoder, ask the policy (LAQ lazy rule, or always), and keep a
-snapshot so the encoder/policy state can be rolled back when the upload does not happen
-(lazy skip, not selected, rejected by the coordinator). The shard, batch order and state
+`Learner.propose` is the simulator's decision (`SimNode.decide`, run/nodes.py) made
+tentatively: the snapshot it keeps rolls the encoder/policy state back when the upload does
+not happen (not selected, rejected by the coordinator). The shard, batch order and state
 containers are the simulator's `SimNode`; the model-change history comes from the
 coordinator with each model.
 """
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..codecs import Encoder, ErrorFeedback, make_codec
-from ..policy import Always, LAQRule, ModelDiffHistory, SendContext
-from ..run.nodes import SimNode, _sq_dist
+from ..codecs import Encoder, make_codec
+from ..policy import Always, LAQRule, ModelDiffHistory
+from ..run.nodes import SimNode
 from ..tasks import Task, build_model
 from ..wire import Update, serialize_update
 
@@ -64,10 +63,7 @@ class Learner:
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.buffers = {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
         self.history = ModelDiffHistory(conf["depth"])
-        codec = make_codec(conf["codec"], conf["error_feedback"])
-        self.carries_error = isinstance(codec, ErrorFeedback) or getattr(codec, "own_feedback",
-                                                                         False)
-        encoder = Encoder(codec)
+        encoder = Encoder(make_codec(conf["codec"], conf["error_feedback"]))
         self.node = SimNode(index, shard, encoder, make_policy(conf, self.history),
                             conf["seed"])
         self.buffer_codec = make_codec("none")
@@ -122,42 +118,25 @@ class Learner:
     # ---- the upload decision ----------------------------------------------------------
     def propose(self, delta: Tensors, round_: int, seq: int, base_version: int,
                 samples: int, confidence: float) -> Proposal:
-        node = self.node
-        snapshot = (node.encoder.state_dict(), node.policy.state_dict(), node.last_sent)
-        norm = math.sqrt(sum(float((t.float() ** 2).sum()) for t in delta.values()))
-        ctx = SendContext(step=round_, grad_norm=norm, confidence=confidence)
-        pairs = {n: node.encoder.roundtrip(t, n) for n, t in delta.items()}
-        recon = {n: r for n, (_, r) in pairs.items()}
-        # With error feedback the quantization error is carried into the next upload, not
-        # dropped, so LAQ's error term (which accounts for dropped error) does not apply.
-        ctx.error_sq = 0.0 if self.carries_error else _sq_dist(delta, recon)
-        ctx.innovation_sq = _sq_dist(recon, node.last_sent)
-        send, reason = node.policy.decide(ctx)
-        if not send:
-            node.encoder.load_state_dict(snapshot[0])
-            return Proposal(None, reason)
-        node.policy.sent(ctx)
-        node.last_sent = recon
-        score = ctx.innovation_sq
+        d = self.node.decide(delta, round_, confidence, tentative=True)
+        if not d.send:
+            return Proposal(None, d.reason)
+        score = d.ctx.innovation_sq
         if not math.isfinite(score):  # first upload: the whole quantized update is new
-            score = sum(float((r.float() ** 2).sum()) for r in recon.values())
-        tensors = [p for p, _ in pairs.values()]
-        tensors += [self.buffer_codec.encode(b.float(), None, "buffer:" + n)
-                    for n, b in self.buffers.items()]
+            score = sum(float((r.float() ** 2).sum()) for r in d.recon.values())
+        tensors = d.payloads + [self.buffer_codec.encode(b.float(), None, "buffer:" + n)
+                                for n, b in self.buffers.items()]
         recent = self.losses[-10:]
         update = Update(node_id=self.worker_id, tensors=tensors, round=round_, seq=seq,
                         confidence=confidence, num_samples=samples, kind="delta",
                         base_version=base_version,
                         metrics={"train_loss": sum(recent) / max(len(recent), 1)})
         body = serialize_update(update)
-        return Proposal(update, reason, score, 8 * len(body), snapshot, body)
+        return Proposal(update, d.reason, score, 8 * len(body), d.snapshot, body)
 
     def rollback(self, proposal: Proposal) -> None:
         """Undo an upload that did not happen: encoder, policy and last-sent go back."""
         if proposal.snapshot is None:
             return
-        enc, pol, last = proposal.snapshot
-        self.node.encoder.load_state_dict(enc)
-        self.node.policy.load_state_dict(pol)
-        self.node.last_sent = last
+        self.node.rollback(proposal.snapshot)
         proposal.snapshot = None
