@@ -105,3 +105,30 @@ def test_budget_selection():
     # gain/cost: b 0.3, c 0.1, a 0.1 (tie broken by id) -> b, then a does not fit, c does
     assert select_budget(gains, costs, budget_bits=60) == ["b", "c"]
     assert select_budget(gains, costs, budget_bits=200) == ["a", "b", "c"]
+
+
+def test_accumulated_skips_are_applied_exactly_once():
+    """`skipped=accumulate`: a node keeps what it skips and sends it with its next upload;
+    the aggregator counts it as zero meanwhile, so the sum of applied means equals the
+    always-send sum, only later."""
+    from thinwire.codecs import Encoder, decode
+    from thinwire.run.nodes import SimNode
+
+    node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(3), accumulate=True)
+    other = SimNode(1, torch.arange(4), Encoder("none"), EveryK(1), accumulate=True)
+    agg = Aggregator("mean", "uniform", "accumulate")
+    grads = [torch.full((2,), float(i + 1)) for i in range(6)]
+    applied = torch.zeros(2)
+    for step, g in enumerate(grads):
+        for n, t in ((node, g), (other, 10 * g)):
+            d = n.decide({"w": t}, step, 1.0)
+            if d.send:
+                agg.submit(n.node_id, Contribution({"w": decode(d.payloads[0])}))
+        out = agg.result()
+        applied += out["w"] if out is not None else 0
+    # node 0 sent at steps 0 and 3 (g0, g1+g2+g3); g4+g5 are still pending
+    assert node.pending is not None and torch.equal(node.pending["w"], grads[4] + grads[5])
+    expected = (sum(grads[:4]) + 10 * sum(grads)) / 2
+    assert torch.allclose(applied, expected)
+    with pytest.raises(ConfigError, match="accumulate"):
+        Aggregator("median", "uniform", "accumulate")

@@ -180,6 +180,8 @@ def test_lr_schedules_follow_the_step(tmp_path):
     assert [lr_at(two, s, 10) for s in (9, 10, 20)] == pytest.approx([0.1, 0.05, 0.025])
     cos = cfg(tmp_path, lr=0.1, epochs=2, lr_schedule="cosine")
     assert [lr_at(cos, s, 10) for s in (0, 10, 20)] == pytest.approx([0.1, 0.05, 0.0])
+    warm = cfg(tmp_path, lr=0.1, epochs=3, lr_schedule="step", lr_warmup=4)
+    assert [lr_at(warm, s, 10) for s in (0, 3, 4, 25)] == pytest.approx([0.025, 0.1, 0.1, 0.01])
     with pytest.raises(ConfigError, match="lr_milestones"):
         cfg(tmp_path, lr_schedule="step", lr_milestones=[0])
     # the schedule reaches the optimizer: a decayed last epoch moves the weights less

@@ -26,12 +26,14 @@ RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
                           "help": "wrap lossy codecs in error feedback"}),
     ("--down-codec", {"help": "codec for the aggregator's broadcast (default none)"}),
     ("--policy", {"help": "always | every:K | trigger | laq (default always)"}),
-    ("--skipped", {"help": "reuse | drop: what the aggregator does for a skipped node"}),
+    ("--skipped", {"help": "reuse | drop | accumulate: what happens to a skipped update "
+                           "(accumulate: the node sends it later, added to the next)"}),
     ("--weight", {"help": "samples | uniform | confidence"}),
     ("--epochs", {"type": int}), ("--batch-size", {"type": int, "help": "per node"}),
     ("--lr", {"type": float}), ("--momentum", {"type": float}), ("--seed", {"type": int}),
     ("--lr-schedule", {"help": "constant (default) | step (x lr_gamma at lr_milestones, "
                                "default the last epoch) | cosine"}),
+    ("--lr-warmup", {"type": int, "help": "steps of linear lr warm-up (default 0)"}),
     ("--pack", {"action": "store_true", "default": None,
                 "help": "send all tensors as one flat payload (global top-k, less metadata)"}),
     ("--threads", {"type": int, "help": "torch intra-op threads (default: torch's)"}),

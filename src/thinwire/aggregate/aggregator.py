@@ -2,7 +2,9 @@
 
 `skipped="reuse"` (default) keeps a lazy node's last contribution in the average, as LAQ's
 server does (its gradient is assumed to have changed little); `"drop"` averages only the nodes
-that sent this round.
+that sent this round; `"accumulate"` is for nodes that keep what they skip and send it later
+(their contribution is a sum of pending updates), so a skipped node counts as zero in a mean
+over every node: over time each update is applied exactly once, only late.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .rules import RULES, combine
 
 Tensors = dict[str, torch.Tensor]
 WEIGHTS = ("samples", "uniform", "confidence")
+SKIPPED = ("reuse", "drop", "accumulate")
 
 
 @dataclass
@@ -32,8 +35,11 @@ class Aggregator:
             raise ConfigError(f"unknown aggregation rule {rule!r}; valid: {', '.join(RULES)}")
         if weight not in WEIGHTS:
             raise ConfigError(f"weight {weight!r}: use one of {', '.join(WEIGHTS)}")
-        if skipped not in ("reuse", "drop"):
-            raise ConfigError(f"skipped {skipped!r}: use reuse or drop")
+        if skipped not in SKIPPED:
+            raise ConfigError(f"skipped {skipped!r}: use {', '.join(SKIPPED)}")
+        if skipped == "accumulate" and rule != "mean":
+            raise ConfigError(f"skipped=accumulate needs aggregate=mean (a skipped node counts "
+                              f"as zero, which a {rule} would treat as a vote)")
         self.rule, self.weight, self.skipped = rule, weight, skipped
         self.last: dict[str, Contribution] = {}
         self.fresh: dict[str, Contribution] = {}
@@ -52,8 +58,12 @@ class Aggregator:
         nodes = sorted(pool)
         weights = [self._weight(pool[n]) for n in nodes]
         names = pool[nodes[0]].tensors.keys()
-        return {k: combine(self.rule, [pool[n].tensors[k] for n in nodes], weights)
-                for k in names}
+        out = {k: combine(self.rule, [pool[n].tensors[k] for n in nodes], weights)
+               for k in names}
+        if self.skipped == "accumulate":  # mean over every node seen, skipped ones as zero
+            total = sum(self._weight(c) for c in self.last.values())
+            out = {k: v * (sum(weights) / total) for k, v in out.items()}
+        return out
 
     def _weight(self, c: Contribution) -> float:
         if self.weight == "samples":

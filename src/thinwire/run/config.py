@@ -47,7 +47,7 @@ class RunConfig(Strict):
     error_feedback: bool = False
     down_codec: str = "none"
     policy: str = "always"
-    skipped: Literal["reuse", "drop"] = "reuse"
+    skipped: Literal["reuse", "drop", "accumulate"] = "reuse"
     weight: Literal["samples", "uniform", "confidence"] = "samples"
     aggregate: Literal["mean", "median", "trimmed_mean"] = "mean"
     communication: Communication = Field(default_factory=Communication)
@@ -60,6 +60,7 @@ class RunConfig(Strict):
     lr_milestones: list[int] = Field(default_factory=list,
                                      description="step schedule: epochs where lr *= lr_gamma")
     lr_gamma: float = Field(0.1, gt=0, le=1)
+    lr_warmup: int = Field(0, ge=0, description="steps of linear lr warm-up")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
@@ -87,6 +88,8 @@ class RunConfig(Strict):
         make_codec(self.down_codec)
         make_policy(self.policy, self.communication.model_dump(), self.laq.model_dump())
         LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
+        if self.skipped == "accumulate" and self.aggregate != "mean":
+            raise ValueError("skipped=accumulate needs aggregate=mean")
         if any(m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones={self.lr_milestones}: epochs count from 1")
         return self

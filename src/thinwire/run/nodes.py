@@ -40,6 +40,8 @@ class SimNode:
     epoch: int = 0
     cursor: int = 0
     last_sent: Tensors | None = None  # what the aggregator holds for this node (LAQ)
+    accumulate: bool = False          # keep skipped updates and send them with the next one
+    pending: Tensors | None = None
     _order: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -76,11 +78,15 @@ class SimNode:
         refuse) always reconstructs and keeps a snapshot for `rollback`."""
         norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in tensors.values())))
         ctx = SendContext(step=step, grad_norm=norm, confidence=confidence)
+        if self.pending is not None:
+            tensors = {n: t + self.pending[n] for n, t in tensors.items()}
         if not (self.policy.needs_encoding or tentative):
             send, reason = self.policy.decide(ctx)
             if not send:
+                self._keep(tensors)
                 return Decision(False, reason, ctx)
             self.policy.sent(ctx)
+            self.pending = None
             return Decision(True, reason, ctx,
                             [self.encoder.encode(t, name) for name, t in tensors.items()])
         snapshot = (self.encoder.state_dict(), self.policy.state_dict(), self.last_sent)
@@ -91,11 +97,16 @@ class SimNode:
         send, reason = self.policy.decide(ctx)
         if not send:
             self.encoder.load_state_dict(snapshot[0])
+            self._keep(tensors)
             return Decision(False, reason, ctx)
         self.policy.sent(ctx)
-        self.last_sent = recon
+        self.last_sent, self.pending = recon, None
         return Decision(True, reason, ctx, [p for p, _ in pairs.values()], recon,
                         snapshot if tentative else None)
+
+    def _keep(self, tensors: Tensors) -> None:
+        if self.accumulate:
+            self.pending = {n: t.detach().clone() for n, t in tensors.items()}
 
     def rollback(self, snapshot: tuple) -> None:
         """Undo a tentative send that did not happen: encoder, policy and last-sent."""
@@ -114,13 +125,15 @@ class SimNode:
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "policy": self.policy.state_dict(),
-                "epoch": self.epoch, "cursor": self.cursor, "last_sent": self.last_sent}
+                "epoch": self.epoch, "cursor": self.cursor, "last_sent": self.last_sent,
+                "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.policy.load_state_dict(state["policy"])
         self.epoch, self.cursor = state["epoch"], state["cursor"]
         self.last_sent = state["last_sent"]
+        self.pending = state.get("pending")
         self._order = None if self.cursor == 0 else self._permute()
 
 

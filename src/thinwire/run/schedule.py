@@ -9,7 +9,15 @@ from .config import RunConfig
 
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     """`constant`; `step`: times lr_gamma at each epoch in lr_milestones (default: the last
-    epoch); `cosine`: half a cosine from lr to 0 over the run."""
+    epoch); `cosine`: half a cosine from lr to 0 over the run. `lr_warmup` steps ramp it up
+    linearly first (sparsified updates suffer most from a large early lr)."""
+    base = _scheduled(cfg, step, steps_per_epoch)
+    if step < cfg.lr_warmup:
+        return base * (step + 1) / cfg.lr_warmup
+    return base
+
+
+def _scheduled(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.lr
     if cfg.lr_schedule == "step":

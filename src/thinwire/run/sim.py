@@ -55,7 +55,8 @@ class Simulation:
         self.histograms = class_histograms(task.train_y, parts, task.num_classes)
         self.history = ModelDiffHistory(cfg.laq.depth)
         self.nodes = [SimNode(i, part, Encoder(make_codec(cfg.codec, cfg.error_feedback)),
-                              self._policy(), cfg.seed) for i, part in enumerate(parts)]
+                              self._policy(), cfg.seed, accumulate=cfg.skipped == "accumulate")
+                      for i, part in enumerate(parts)]
         self.decoders = {n.node_id: Decoder() for n in self.nodes}
         self.buffer_encoders = {n.node_id: Encoder(make_codec("none")) for n in self.nodes}
         self.aggregator = Aggregator(cfg.aggregate, cfg.weight, cfg.skipped)
