@@ -75,11 +75,18 @@ def test_same_seed_same_result_and_different_seed_differs(tmp_path):
     assert a["test_loss"] != c["test_loss"]
 
 
-@pytest.mark.parametrize("mode, codec, policy", [
-    ("sync", "int8", "laq"), ("fedavg", "laq(bits=4)", "always"), ("sync", "dgc(ratio=0.1)", "always")])
-def test_resume_continues_identically(tmp_path, mode, codec, policy):
+# explicit milestones: the default one (the last epoch) moves when --epochs grows on resume
+PACKED_ACCUMULATING = {"pack": True, "skipped": "accumulate", "lr_schedule": "step",
+                      "lr_milestones": [2], "lr_warmup": 5}
+
+
+@pytest.mark.parametrize("mode, codec, policy, extra", [
+    ("sync", "int8", "laq", {}), ("fedavg", "laq(bits=4)", "always", {}),
+    ("sync", "dgc(ratio=0.1)", "always", {}),
+    ("sync", "topk(ratio=0.1)+int8", "every:3", PACKED_ACCUMULATING)])
+def test_resume_continues_identically(tmp_path, mode, codec, policy, extra):
     common = dict(mode=mode, codec=codec, policy=policy, error_feedback=True, epochs=3,
-                  checkpoint_every=1, split="dirichlet:0.5")
+                  checkpoint_every=1, split="dirichlet:0.5", **extra)
     straight = run(cfg(tmp_path / "straight", **common))
     run(cfg(tmp_path / "resumed", **{**common, "epochs": 2}))
     resumed = run(cfg(tmp_path / "resumed", **common, resume=True))
