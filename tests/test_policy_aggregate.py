@@ -132,3 +132,26 @@ def test_accumulated_skips_are_applied_exactly_once():
     assert torch.allclose(applied, expected)
     with pytest.raises(ConfigError, match="accumulate"):
         Aggregator("median", "uniform", "accumulate")
+    with pytest.raises(ConfigError, match="accumulate"):
+        Aggregator("mean", "confidence", "accumulate")
+
+
+def test_accumulate_counts_silent_nodes_and_leaves_buffers_alone():
+    agg = Aggregator("mean", "uniform", "accumulate", expected_nodes=4)
+    agg.submit("a", Contribution({"w": torch.ones(2), "buffer:bn.var": torch.full((2,), 3.0)}))
+    out = agg.result()
+    assert torch.allclose(out["w"], torch.full((2,), 0.25))  # 3 nodes not heard from yet
+    assert torch.allclose(out["buffer:bn.var"], torch.full((2,), 3.0))  # absolute, unscaled
+
+
+def test_rolled_back_send_keeps_pending_updates():
+    from thinwire.codecs import Encoder
+    from thinwire.run.nodes import SimNode
+
+    node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(2), accumulate=True)
+    assert node.decide({"w": torch.ones(2)}, 0, 1.0).send
+    assert not node.decide({"w": torch.ones(2)}, 1, 1.0).send  # kept as pending
+    d = node.decide({"w": torch.ones(2)}, 2, 1.0, tentative=True)
+    assert d.send and node.pending is None
+    node.rollback(d.snapshot)  # the coordinator refused it
+    assert torch.equal(node.pending["w"], torch.ones(2))

@@ -191,6 +191,10 @@ def test_lr_schedules_follow_the_step(tmp_path):
     assert [lr_at(warm, s, 10) for s in (0, 3, 4, 25)] == pytest.approx([0.025, 0.1, 0.1, 0.01])
     with pytest.raises(ConfigError, match="lr_milestones"):
         cfg(tmp_path, lr_schedule="step", lr_milestones=[0])
+    with pytest.raises(ConfigError, match="laq"):
+        cfg(tmp_path, skipped="accumulate", policy="laq")
+    assert cfg(tmp_path, pack=True, skipped="drop", lr_schedule="step").name() == \
+        "sync-none-always-pack-drop-lrstep-s0"
     # the schedule reaches the optimizer: a decayed last epoch moves the weights less
     flat = run(cfg(tmp_path / "flat", epochs=2, lr=0.5))
     decayed = run(cfg(tmp_path / "dec", epochs=2, lr=0.5, lr_schedule="step", lr_gamma=0.01))

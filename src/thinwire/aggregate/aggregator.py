@@ -30,7 +30,7 @@ class Contribution:
 
 class Aggregator:
     def __init__(self, rule: str = "mean", weight: str = "samples",
-                 skipped: str = "reuse") -> None:
+                 skipped: str = "reuse", expected_nodes: int | None = None) -> None:
         if rule not in RULES:
             raise ConfigError(f"unknown aggregation rule {rule!r}; valid: {', '.join(RULES)}")
         if weight not in WEIGHTS:
@@ -40,6 +40,10 @@ class Aggregator:
         if skipped == "accumulate" and rule != "mean":
             raise ConfigError(f"skipped=accumulate needs aggregate=mean (a skipped node counts "
                               f"as zero, which a {rule} would treat as a vote)")
+        if skipped == "accumulate" and weight == "confidence":
+            raise ConfigError("skipped=accumulate needs weight samples or uniform: a delayed "
+                              "update would be weighted by a later confidence")
+        self.expected_nodes = expected_nodes
         self.rule, self.weight, self.skipped = rule, weight, skipped
         self.last: dict[str, Contribution] = {}
         self.fresh: dict[str, Contribution] = {}
@@ -60,10 +64,17 @@ class Aggregator:
         names = pool[nodes[0]].tensors.keys()
         out = {k: combine(self.rule, [pool[n].tensors[k] for n in nodes], weights)
                for k in names}
-        if self.skipped == "accumulate":  # mean over every node seen, skipped ones as zero
-            total = sum(self._weight(c) for c in self.last.values())
-            out = {k: v * (sum(weights) / total) for k, v in out.items()}
+        if self.skipped == "accumulate":  # a mean over every node, skipped ones as zero
+            scale = sum(weights) / self._total_weight()
+            out = {k: v if k.startswith("buffer:") else v * scale for k, v in out.items()}
         return out
+
+    def _total_weight(self) -> float:
+        """Weights of every node: those seen so far, and for expected nodes that have not
+        sent yet the mean weight of the seen ones."""
+        seen = [self._weight(c) for c in self.last.values()]
+        missing = max((self.expected_nodes or 0) - len(seen), 0)
+        return sum(seen) + missing * sum(seen) / len(seen)
 
     def _weight(self, c: Contribution) -> float:
         if self.weight == "samples":

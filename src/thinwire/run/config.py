@@ -88,8 +88,13 @@ class RunConfig(Strict):
         make_codec(self.down_codec)
         make_policy(self.policy, self.communication.model_dump(), self.laq.model_dump())
         LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
-        if self.skipped == "accumulate" and self.aggregate != "mean":
-            raise ValueError("skipped=accumulate needs aggregate=mean")
+        if self.skipped == "accumulate":
+            if self.aggregate != "mean" or self.weight == "confidence":
+                raise ValueError("skipped=accumulate needs aggregate=mean and weight samples "
+                                 "or uniform")
+            if self.policy == "laq":
+                raise ValueError("skipped=accumulate does not fit policy laq: LAQ measures "
+                                 "innovation against the reused last upload; use reuse")
         if any(m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones={self.lr_milestones}: epochs count from 1")
         return self
@@ -102,7 +107,10 @@ class RunConfig(Strict):
         from ..codecs import build
 
         ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
-        return f"{self.mode}-{self.codec}{ef}-{self.policy}-s{self.seed}"
+        extras = "".join(f"-{tag}" for tag, on in (
+            ("pack", self.pack), (self.skipped, self.skipped != "reuse"),
+            (f"lr{self.lr_schedule}", self.lr_schedule != "constant")) if on)
+        return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"
 
 
 def load_file(path: Path) -> dict[str, Any]:

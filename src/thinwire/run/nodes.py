@@ -89,7 +89,8 @@ class SimNode:
             self.pending = None
             return Decision(True, reason, ctx,
                             [self.encoder.encode(t, name) for name, t in tensors.items()])
-        snapshot = (self.encoder.state_dict(), self.policy.state_dict(), self.last_sent)
+        snapshot = (self.encoder.state_dict(), self.policy.state_dict(), self.last_sent,
+                    self.pending)
         pairs = {name: self.encoder.roundtrip(t, name) for name, t in tensors.items()}
         recon = {name: r for name, (_, r) in pairs.items()}
         ctx.error_sq = 0.0 if self.carries_error else _sq_dist(tensors, recon)
@@ -109,11 +110,10 @@ class SimNode:
             self.pending = {n: t.detach().clone() for n, t in tensors.items()}
 
     def rollback(self, snapshot: tuple) -> None:
-        """Undo a tentative send that did not happen: encoder, policy and last-sent."""
-        encoder, policy, last = snapshot
+        """Undo a tentative send that did not happen: encoder, policy, last-sent, pending."""
+        encoder, policy, self.last_sent, self.pending = snapshot
         self.encoder.load_state_dict(encoder)
         self.policy.load_state_dict(policy)
-        self.last_sent = last
 
     def prepare(self, tensors: Tensors, step: int, confidence: float,
                 num_samples: int, kind: str) -> tuple[Update | None, str]:

@@ -59,7 +59,8 @@ class Simulation:
                       for i, part in enumerate(parts)]
         self.decoders = {n.node_id: Decoder() for n in self.nodes}
         self.buffer_encoders = {n.node_id: Encoder(make_codec("none")) for n in self.nodes}
-        self.aggregator = Aggregator(cfg.aggregate, cfg.weight, cfg.skipped)
+        self.aggregator = Aggregator(cfg.aggregate, cfg.weight, cfg.skipped,
+                                     expected_nodes=len(self.nodes))
         self.down_encoder, self.down_decoder = Encoder(make_codec(cfg.down_codec)), Decoder()
         self.link = LinkModel.build(n_nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms,
                                     cfg.topology)
@@ -170,9 +171,9 @@ class Simulation:
         return out
 
     def sync_step(self) -> None:
+        self._set_lr()  # before the exchange: LAQ's threshold uses this step's lr
         if self.cfg.centralized:
             self._forward_backward(self.nodes[0])
-            self._set_lr()
             self.opt.step()
             return
         ups = [self._exchange(node, grads, conf, self.batch, "grad")
@@ -185,7 +186,6 @@ class Simulation:
             before = self._snapshot()
             for n, p in self.params.items():
                 p.grad = grads[n].to(p.dtype)
-            self._set_lr()
             self.opt.step()
             self.history.push(self._change_sq(before))
         self._account(ups, down)
@@ -224,8 +224,12 @@ class Simulation:
         self._account(ups, down)
 
     def _set_lr(self) -> None:
+        lr = self.lr()
         for group in self.opt.param_groups:
-            group["lr"] = self.lr()
+            group["lr"] = lr
+        for node in self.nodes:  # LAQ's threshold scales with the step size (alpha = lr/M)
+            if hasattr(node.policy, "alpha"):
+                node.policy.alpha = lr / self.cfg.nodes
 
     def _account(self, ups: list[int], down: int) -> None:
         if self.cfg.topology == "ring":
