@@ -80,6 +80,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check_specs(self) -> "RunConfig":
+        from ..aggregate import Aggregator
         from ..codecs import make_codec
         from ..policy import make_policy
         from .link import LinkModel
@@ -88,13 +89,10 @@ class RunConfig(Strict):
         make_codec(self.down_codec)
         make_policy(self.policy, self.communication.model_dump(), self.laq.model_dump())
         LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
-        if self.skipped == "accumulate":
-            if self.aggregate != "mean" or self.weight == "confidence":
-                raise ValueError("skipped=accumulate needs aggregate=mean and weight samples "
-                                 "or uniform")
-            if self.policy == "laq":
-                raise ValueError("skipped=accumulate does not fit policy laq: LAQ measures "
-                                 "innovation against the reused last upload; use reuse")
+        Aggregator(self.aggregate, self.weight, self.skipped)  # its own checks
+        if self.skipped == "accumulate" and self.policy == "laq":
+            raise ValueError("skipped=accumulate does not fit policy laq: LAQ measures "
+                             "innovation against the reused last upload; use reuse")
         if any(m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones={self.lr_milestones}: epochs count from 1")
         return self
