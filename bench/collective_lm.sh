@@ -4,6 +4,9 @@
 #   none | topk(ratio=0.01)+int8 with error feedback | powersgd(rank=4) with error feedback
 # Each run appends a row to $OUT/results.jsonl; the report table and plots follow.
 # Usage: bench/collective_lm.sh            (env: STEPS=200 SEED=0 OUT=runs/bench_collective)
+# The PPL target is met with SGD + momentum, judged on paired seeds (bench/RESULTS.md):
+#   for S in 0 1 2 3 4; do SEED=$S OUT=runs/bench_collective_sgd \
+#     EXTRA="--optimizer sgd --lr 0.1" bash bench/collective_lm.sh; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
