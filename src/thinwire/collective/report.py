@@ -71,10 +71,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..obs.plots import plt, save_figure  # matplotlib only when plotting
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -85,10 +82,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
            title="validation perplexity vs bytes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    ppl_path = out_dir / "val_ppl_vs_bytes.png"
-    fig.savefig(ppl_path, dpi=110)
-    plt.close(fig)
+    ppl_path = save_figure(fig, out_dir / "val_ppl_vs_bytes.png")
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
     names = [label(r) for r in rows]
     step = [r["step_time_ms_mean"] for r in rows]
@@ -100,10 +94,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="ms per step (mean)", title="step time by method")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    step_path = out_dir / "step_time_by_method.png"
-    fig.savefig(step_path, dpi=110)
-    plt.close(fig)
+    step_path = save_figure(fig, out_dir / "step_time_by_method.png")
     return [ppl_path, step_path]
 
 

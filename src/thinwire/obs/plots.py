@@ -39,8 +39,12 @@ def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
     for ax in (ax_epoch, ax_bytes):
         ax.grid(alpha=0.3)
     ax_epoch.legend(fontsize=8)
+    return [save_figure(fig, out_dir / "accuracy.png")]
+
+
+def save_figure(fig: "plt.Figure", path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open one alive)."""
     fig.tight_layout()
-    path = out_dir / "accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return path

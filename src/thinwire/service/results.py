@@ -78,10 +78,7 @@ def plot_rounds(results: Path, out_dir: Path) -> Path | None:
     rows = [r for r in read_rows(results) if "round" in r and "bits_up" in r]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..obs.plots import plt, save_figure  # matplotlib only when plotting
 
     fig, (ax_r, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = sorted({r["run_name"] for r in rows})
@@ -96,11 +93,7 @@ def plot_rounds(results: Path, out_dir: Path) -> Path | None:
     for ax in (ax_r, ax_b):
         ax.grid(alpha=0.3)
     ax_r.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out_dir) / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(out_dir) / "accuracy.png")
 
 
 def progress_line(coord: Any, entry: dict[str, Any], acc: float | None = None) -> str:
