@@ -112,7 +112,7 @@ def test_accumulated_skips_are_applied_exactly_once():
     the aggregator counts it as zero meanwhile, so the sum of applied means equals the
     always-send sum, only later."""
     from thinwire.codecs import Encoder, decode
-    from thinwire.run.nodes import SimNode
+    from thinwire.sim.nodes import SimNode
 
     node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(3), accumulate=True)
     other = SimNode(1, torch.arange(4), Encoder("none"), EveryK(1), accumulate=True)
@@ -146,7 +146,7 @@ def test_accumulate_counts_silent_nodes_and_leaves_buffers_alone():
 
 def test_rolled_back_send_keeps_pending_updates():
     from thinwire.codecs import Encoder
-    from thinwire.run.nodes import SimNode
+    from thinwire.sim.nodes import SimNode
 
     node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(2), accumulate=True)
     assert node.decide({"w": torch.ones(2)}, 0, 1.0).send

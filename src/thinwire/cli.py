@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run.config import build_config
-    from .run.experiment import run_experiment
+    from .sim.config import build_config
+    from .sim.experiment import run_experiment
 
     flags = flags_of(args)
     for key in ("codec", "centralized"):
@@ -117,8 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .codecs.spec import split_top_level
-    from .run.compare import plan, run_compare
-    from .run.config import build_config
+    from .sim.compare import plan, run_compare
+    from .sim.config import build_config
 
     base = build_config(args.config, flags_of(args), args.set).model_dump(
         exclude={"codec", "policy", "seed", "centralized"})
@@ -134,7 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .run.demo import demo
+    from .sim.demo import demo
 
     return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
 

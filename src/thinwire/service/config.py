@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ..run.config import apply_set, describe, load_file
+from ..sim.config import apply_set, describe, load_file
 
 MODES = ("fedavg", "laq8", "bbit", "bin")
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..codecs import Encoder, make_codec
 from ..policy import Always, LAQRule, ModelDiffHistory
-from ..run.nodes import SimNode
+from ..sim.nodes import SimNode
 from ..tasks import Task, build_model
 from ..wire import Update, serialize_update
 
