@@ -3,7 +3,8 @@
     python bench/flq_bits.py --data-dir ../shared/data/mnist [--target 0.97] [--json]
 
 Runs the coordinator's round logic (`thinwire.service.core.Coordinator`) and the workers'
-(`thinwire.service.flq.Learner`) in one process, without HTTP: every upload is still a
+round (`thinwire.service.round_trip.worker_round`, the HTTP worker's own loop) in one process
+over a `LocalLink` instead of HTTP: every upload is still a
 serialized protobuf `Update` that the coordinator parses, validates, decodes and journals,
 so the counted bits are exactly what would cross the wire. 10 workers, dirichlet:0.5 split,
 mnist_cnn. Accuracy is checked after every round on a 2,000-image test subset and, once that
@@ -21,28 +22,22 @@ from pathlib import Path
 
 import torch
 
-from thinwire.codecs import decode
 from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
-from thinwire.service.flq import Learner
+from thinwire.service.learner import Learner
 from thinwire.service.results import evaluate
+from thinwire.service.round_trip import LocalLink, load_model, worker_round
 from thinwire.tasks import Task, build_model, load_task, split_indices
-from thinwire.wire import parse_update
 
 MODES = {"fedavg": {}, "laq8": {}, "bbit": {"b_up": 4}, "bin": {}}
 
 
 def one_round(co: Coordinator, learners: list[Learner]) -> None:
     for lr in learners:
-        body, headers = co.pull(lr.worker_id)
-        lr.load({t.name: decode(t) for t in parse_update(body).tensors})
-        lr.set_history([float(v) for v in headers["X-Thinwire-Diffs"].split(",") if v])
-        delta, n, conf = lr.train(steps=co.cfg.local_steps)
-        p = lr.propose(delta, co.round, co.round + 1, co.version, n, conf)
-        if p.update is None:
-            co.skip(lr.worker_id, co.round, p.reason)
-        else:
-            co.push(p.body)
+        link = LocalLink(co, lr.worker_id)
+        info, _ = load_model(lr, link, None, None)
+        worker_round(lr, link, info, co.round + 1, sync=True, selection=False,
+                     local_steps=co.cfg.local_steps, seconds=0.0)
 
 
 def accuracy(model: torch.nn.Module, co: Coordinator, sub: Task) -> float:

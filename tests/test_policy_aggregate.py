@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from thinwire.aggregate import Aggregator, Contribution
 from thinwire.errors import ConfigError
-from thinwire.policy import (EveryK, LAQRule, ModelDiffHistory, SendContext, Trigger, make_policy,
-                             select_budget, select_top_k)
+from thinwire.policy import EveryK, LAQRule, ModelDiffHistory, SendContext, Trigger, make_policy
+from thinwire.strategy import Contribution, Strategy, select_budget, select_top_k
 
 
 def decisions(policy, contexts):
@@ -72,29 +71,29 @@ def contrib(value, samples=1, confidence=1.0):
 
 
 def test_aggregator_reuses_or_drops_skipped_nodes():
-    reuse, drop = Aggregator(skipped="reuse"), Aggregator(skipped="drop")
+    reuse, drop = Strategy(skipped="reuse"), Strategy(skipped="drop")
     for agg in (reuse, drop):
         agg.submit("a", contrib(1.0))
         agg.submit("b", contrib(3.0))
-        assert agg.result()["w"].item() == 2.0
+        assert agg.result().tensors["w"].item() == 2.0
         agg.submit("a", contrib(5.0))  # b skips this round
-    assert reuse.result()["w"].item() == 4.0   # (5 + reused 3) / 2
-    assert drop.result()["w"].item() == 5.0
+    assert reuse.result().tensors["w"].item() == 4.0   # (5 + reused 3) / 2
+    assert drop.result().tensors["w"].item() == 5.0
 
 
 def test_weighted_by_samples_and_confidence_and_robust_rules():
-    agg = Aggregator(weight="samples")
+    agg = Strategy(weight="samples")
     agg.submit("a", contrib(0.0, samples=3))
     agg.submit("b", contrib(4.0, samples=1))
-    assert agg.result()["w"].item() == 1.0
-    agg = Aggregator(weight="confidence")
+    assert agg.result().tensors["w"].item() == 1.0
+    agg = Strategy(weight="confidence")
     agg.submit("a", contrib(0.0, confidence=0.25))
     agg.submit("b", contrib(4.0, confidence=0.75))
-    assert agg.result()["w"].item() == 3.0
-    agg = Aggregator(rule="median", weight="uniform")
+    assert agg.result().tensors["w"].item() == 3.0
+    agg = Strategy(rule="median", weight="uniform")
     for i, v in enumerate([1.0, 2.0, 1000.0]):
         agg.submit(str(i), contrib(v))
-    assert agg.result()["w"].item() == 2.0
+    assert agg.result().tensors["w"].item() == 2.0
 
 
 def test_budget_selection():
@@ -112,46 +111,81 @@ def test_accumulated_skips_are_applied_exactly_once():
     the aggregator counts it as zero meanwhile, so the sum of applied means equals the
     always-send sum, only later."""
     from thinwire.codecs import Encoder, decode
-    from thinwire.sim.nodes import SimNode
+    from thinwire.exchange import Sender
 
-    node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(3), accumulate=True)
-    other = SimNode(1, torch.arange(4), Encoder("none"), EveryK(1), accumulate=True)
-    agg = Aggregator("mean", "uniform", "accumulate")
+    node = Sender("node-0", Encoder("none"), EveryK(3), accumulate=True)
+    other = Sender("node-1", Encoder("none"), EveryK(1), accumulate=True)
+    agg = Strategy("mean", "uniform", "accumulate")
     grads = [torch.full((2,), float(i + 1)) for i in range(6)]
     applied = torch.zeros(2)
     for step, g in enumerate(grads):
         for n, t in ((node, g), (other, 10 * g)):
-            d = n.decide({"w": t}, step, 1.0)
+            d = n.propose({"w": t}, step, 1.0)
             if d.send:
                 agg.submit(n.node_id, Contribution({"w": decode(d.payloads[0])}))
         out = agg.result()
-        applied += out["w"] if out is not None else 0
+        applied += out.tensors["w"] if out is not None else 0
     # node 0 sent at steps 0 and 3 (g0, g1+g2+g3); g4+g5 are still pending
     assert node.pending is not None and torch.equal(node.pending["w"], grads[4] + grads[5])
     expected = (sum(grads[:4]) + 10 * sum(grads)) / 2
     assert torch.allclose(applied, expected)
     with pytest.raises(ConfigError, match="accumulate"):
-        Aggregator("median", "uniform", "accumulate")
+        Strategy("median", "uniform", "accumulate")
     with pytest.raises(ConfigError, match="accumulate"):
-        Aggregator("mean", "confidence", "accumulate")
+        Strategy("mean", "confidence", "accumulate")
 
 
 def test_accumulate_counts_silent_nodes_and_leaves_buffers_alone():
-    agg = Aggregator("mean", "uniform", "accumulate", expected_nodes=4)
+    agg = Strategy("mean", "uniform", "accumulate", expected_nodes=4)
     agg.submit("a", Contribution({"w": torch.ones(2), "buffer:bn.var": torch.full((2,), 3.0)}))
-    out = agg.result()
+    out = agg.result().tensors
     assert torch.allclose(out["w"], torch.full((2,), 0.25))  # 3 nodes not heard from yet
-    assert torch.allclose(out["buffer:bn.var"], torch.full((2,), 3.0))  # absolute, unscaled
+    assert out.role("bn.var") == "buffer"
+    assert torch.allclose(out["bn.var"], torch.full((2,), 3.0))  # absolute, unscaled
 
 
 def test_rolled_back_send_keeps_pending_updates():
     from thinwire.codecs import Encoder
-    from thinwire.sim.nodes import SimNode
+    from thinwire.exchange import Sender
 
-    node = SimNode(0, torch.arange(4), Encoder("none"), EveryK(2), accumulate=True)
-    assert node.decide({"w": torch.ones(2)}, 0, 1.0).send
-    assert not node.decide({"w": torch.ones(2)}, 1, 1.0).send  # kept as pending
-    d = node.decide({"w": torch.ones(2)}, 2, 1.0, tentative=True)
-    assert d.send and node.pending is None
-    node.rollback(d.snapshot)  # the coordinator refused it
+    node = Sender("node-0", Encoder("none"), EveryK(2), accumulate=True)
+    assert node.propose({"w": torch.ones(2)}, 0, 1.0).send
+    assert not node.propose({"w": torch.ones(2)}, 1, 1.0).send  # kept as pending
+    d = node.propose({"w": torch.ones(2)}, 2, 1.0, tentative=True)
+    assert d.send and torch.equal(d.recon["w"], 2 * torch.ones(2))  # pending added
+    node.rollback(d)  # the coordinator refused it
     assert torch.equal(node.pending["w"], torch.ones(2))
+    d = node.propose({"w": torch.ones(2)}, 2, 1.0, tentative=True)
+    node.commit(d)  # accepted this time: pending is spent
+    assert node.pending is None and torch.equal(node.last_sent["w"], 2 * torch.ones(2))
+
+
+def test_krum_ignores_an_outlier_and_exclude_hides_departed_nodes():
+    agg = Strategy(rule="krum", weight="uniform")
+    for i, v in enumerate([1.0, 1.1, 0.9, 1.05, 0.95, 1000.0]):
+        agg.submit(f"n{i}", Contribution({"w": torch.full((3,), v), "b": torch.full((2,), v)}))
+    out = agg.result().tensors
+    assert float(out["w"].max()) < 2 and float(out["b"].max()) < 2
+    reuse = Strategy(skipped="reuse", weight="uniform")
+    reuse.submit("a", Contribution({"w": torch.tensor([1.0])}))
+    reuse.submit("b", Contribution({"w": torch.tensor([3.0])}))
+    reuse.result()
+    reuse.submit("a", Contribution({"w": torch.tensor([5.0])}))
+    combined = reuse.result(exclude={"b"})  # b left: its last contribution is not reused
+    assert combined.count == 1 and combined.tensors["w"].item() == 5.0
+    reuse.submit("a", Contribution({"w": torch.tensor([5.0])}))
+    assert reuse.result().tensors["w"].item() == 4.0  # b is back: reused again
+
+
+def test_keyed_strategy_keeps_one_model_per_key():
+    from thinwire.strategy import KeyedStrategy
+
+    keyed = KeyedStrategy(lambda: Strategy(weight="uniform"))
+    keyed.submit("python", "w1", Contribution({"w": torch.tensor([1.0])}))
+    keyed.submit("sql", "w2", Contribution({"w": torch.tensor([9.0])}))
+    assert keyed.result("python").tensors["w"].item() == 1.0
+    assert keyed.result("sql").tensors["w"].item() == 9.0
+    assert keyed.keys() == ["python", "sql"]
+    restored = KeyedStrategy(lambda: Strategy(weight="uniform"))
+    restored.load_state_dict(keyed.state_dict())
+    assert restored.of("sql").last["w2"].tensors["w"].item() == 9.0

@@ -20,7 +20,7 @@ from thinwire.errors import run_main
 from thinwire.service.cli import coordinator_main
 from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
-from thinwire.service.flq import Learner
+from thinwire.service.learner import Learner
 from thinwire.service.quick_test import free_port
 from thinwire.service.state import StateStore
 from thinwire.tasks import load_task
@@ -317,7 +317,9 @@ def test_lazy_rule_skips_small_innovations_and_obeys_clock(tmp_path):
     learners = [Learner(task, torch.arange(50), i, conf, f"w{i}") for i in range(2)]
     base = {n: torch.full_like(p, 0.1) for n, p in learners[0].params.items()}
     for lr in learners:
-        assert lr.propose(base, 0, 1, 0, 10, 1.0).reason == "warmup"
+        first = lr.propose(base, 0, 1, 0, 10, 1.0)
+        assert first.reason == "warmup"
+        lr.commit(first)  # the coordinator accepted it
         lr.set_history([1.0] * 10)  # the model moved a lot recently
     same = learners[0].propose({n: t * 1.001 for n, t in base.items()}, 1, 2, 1, 10, 1.0)
     moved = learners[1].propose({n: t * 30 for n, t in base.items()}, 1, 2, 1, 10, 1.0)

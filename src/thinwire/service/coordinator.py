@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import ThinwireError
 from .config import load_config
 from .core import Coordinator
-from .ingest import ServiceError
+from .admission import ServiceError
 
 LONG_POLL_S = 20.0
 
@@ -150,17 +150,17 @@ def create_app(core: Coordinator, token: str | None = None) -> FastAPI:
             raise ServiceError(413, f"update of {len(body)} bytes exceeds max_request_bytes")
         return await run_in_threadpool(core.push, body)
 
-    def control(request: Request) -> None:
-        core.control_bytes += int(request.headers.get("content-length", 0))
+    def control(request: Request, wid: str | None = None) -> None:
+        core.count_control(int(request.headers.get("content-length", 0)), wid)
 
     @app.post("/v1/skips", dependencies=[Depends(auth)])
     async def skip(body: SkipIn, request: Request) -> dict[str, Any]:
-        control(request)
+        control(request, body.worker_id)
         return await run_in_threadpool(core.skip, body.worker_id, body.round, body.reason)
 
     @app.post("/v1/offers", dependencies=[Depends(auth)])
     async def offer(body: OfferIn, request: Request) -> dict[str, Any]:
-        control(request)
+        control(request, body.worker_id)
         deadline = time.monotonic() + LONG_POLL_S
         while True:
             answer = await run_in_threadpool(core.offer, body.worker_id, body.round,

@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 
-from ..aggregate import Aggregator
-from ..codecs import Decoder, Encoder, make_codec
-from ..obs.ledger import Ledger
+from ..codecs import Encoder, make_codec
+from ..exchange import Receiver, TensorSet, layout_of
+from ..obs.ledger import LinkLedger
 from ..policy import ModelDiffHistory
+from ..strategy import Strategy
 from ..tasks import Task, build_model, load_task
 from ..wire import Update, WireLimits, serialize_update
 from .config import FLQConfig
-from .ingest import ServiceError, check_worker_id
+from .admission import ServiceError, check_worker_id
 from .results import counters, evaluate, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
 from .state import StateStore
@@ -45,8 +46,7 @@ class Coordinator(RoundLogic):
         self.params = {n: p.detach().clone().float() for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()
                         if b.is_floating_point()}
-        self.layout = {n: tuple(p.shape) for n, p in self.params.items()}
-        self.layout.update({"buffer:" + n: tuple(b.shape) for n, b in self.buffers.items()})
+        self.layout = layout_of(TensorSet(self.params).add(self.buffers, "buffer"))
         self.numel = sum(p.numel() for p in self.params.values())
         self.codec_name = make_codec(cfg.upload_codec()).name
         self.limits = WireLimits(max_message_bytes=cfg.max_request_bytes)
@@ -67,15 +67,18 @@ class Coordinator(RoundLogic):
     def _fresh_state(self) -> None:
         self.version = self.round = self.applied = 0
         self.workers: dict[str, dict[str, Any]] = {}
-        self.decoders: dict[str, Decoder] = {}
-        self.aggregator = Aggregator("mean", "samples", self.cfg.skipped)
+        self.receiver = Receiver(self.layout, self.cfg.upload_codec(), self.limits)
+        c = self.cfg
+        self.strategy = Strategy("mean", "samples", c.skipped, server_lr=c.server_lr,
+                                 staleness_exponent=c.staleness_exponent, mix=c.mix(),
+                                 sel_clients=c.sel_clients, up_budget_bits=c.up_budget_bits,
+                                 sel_ref=c.sel_ref)
         self.history = ModelDiffHistory(self.cfg.depth)
-        self.ledger = Ledger()
+        self.ledger = LinkLedger(hub="coordinator")
         self.applied_keys: dict[str, list[list[int]]] = {}
         self.selection_history: list[dict[str, Any]] = []
         self.accuracy_history: list[dict[str, Any]] = []
         self.samples = 0
-        self.control_bytes = 0
         self.train_losses: list[float] = []
         self._cache: dict[str, bytes] = {}
         self._reset_round()
@@ -108,8 +111,8 @@ class Coordinator(RoundLogic):
         if old is not None and old["session"] == rec["session"]:
             old["state"] = "active"  # came back after leaving, codec state intact
             return
-        self.decoders.pop(wid, None)
-        self.aggregator.last.pop(wid, None)
+        self.receiver.forget(wid)
+        self.strategy.forget(wid)
         self.applied_keys.pop(wid, None)
         index = old["index"] if old else self._index_for(wid)
         self.workers[wid] = {"id": wid, "session": rec["session"], "state": "active",
@@ -137,7 +140,7 @@ class Coordinator(RoundLogic):
 
     def _do_leave(self, wid: str) -> None:
         self.workers[wid]["state"] = "left"
-        self.aggregator.last.pop(wid, None)
+        self.strategy.forget(wid)
 
     def _known(self, wid: str) -> dict[str, Any]:
         info = self.workers.get(wid)
@@ -152,6 +155,12 @@ class Coordinator(RoundLogic):
             info["last_seen"] = time.time()
             if info["state"] == "offline":
                 info["state"] = "active"
+
+    def count_control(self, nbytes: int, wid: str | None = None) -> None:
+        """Bytes of a control request (register, skip, offer, leave) on the worker's link."""
+        with self.lock:
+            src = wid if wid in self.workers else "client"  # no ledger entry per unknown id
+            self.ledger.control(src, self.ledger.hub, nbytes)
 
     # ---- downlink ---------------------------------------------------------------------
     def pull(self, wid: str, have: int | None = None) -> tuple[bytes, dict[str, str]]:
@@ -175,8 +184,8 @@ class Coordinator(RoundLogic):
 
     def _full_message(self) -> bytes:
         none = make_codec("none")
-        tensors = [none.encode(t, None, n) for n, t in self.view.items()]
-        tensors += [none.encode(b.float(), None, "buffer:" + n) for n, b in self.buffers.items()]
+        model = TensorSet(self.view).add(self.buffers, "buffer")
+        tensors = [none.encode(t.float(), None, w) for w, _, t in model.wire_items()]
         return serialize_update(Update(node_id="coordinator", tensors=tensors, kind="model",
                                        round=self.round, base_version=self.version))
 
@@ -254,7 +263,7 @@ class Coordinator(RoundLogic):
                             for w in self.workers.values()],
                 "bytes_up": totals["up_wire"], "bytes_down": totals["down_wire"],
                 "bits_up": 8 * totals["up_wire"], "bits_down": 8 * totals["down_wire"],
-                "control_bytes": self.control_bytes, "uploads": totals["sent"],
+                "control_bytes": totals["control"], "uploads": totals["sent"],
                 "skipped": totals["skipped"], "pending": sorted(self.pending),
                 "responded": sorted(self._responded()),
                 "selection_history": self.selection_history[-50:],
@@ -269,17 +278,17 @@ class Coordinator(RoundLogic):
     # ---- persistence ------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
         return {
-            "format": 1, "config": self.cfg.model_dump(mode="json"),
+            "format": 2, "config": self.cfg.model_dump(mode="json"),
             "version": self.version, "round": self.round, "applied": self.applied,
             "params": self.params, "buffers": self.buffers,
             "view": None if self.down_none else self.view,
             "down": self.down_encoder.state_dict(), "workers": self.workers,
-            "decoders": {w: d.state_dict() for w, d in self.decoders.items()},
-            "aggregator": self.aggregator.state_dict(), "history": self.history.state_dict(),
+            "receiver": self.receiver.state_dict(),
+            "strategy": self.strategy.state_dict(), "history": self.history.state_dict(),
             "ledger": self.ledger.state_dict(), "applied_keys": self.applied_keys,
             "selection_history": self.selection_history,
             "accuracy_history": self.accuracy_history, "samples": self.samples,
-            "control_bytes": self.control_bytes, "train_losses": self.train_losses[-1000:],
+            "train_losses": self.train_losses[-1000:],
             "elapsed": self.elapsed(),
         }
 
@@ -307,16 +316,14 @@ class Coordinator(RoundLogic):
             self.view = {n: t.clone() for n, t in tree["view"].items()}
         self.down_encoder.load_state_dict(tree["down"])
         self.workers = tree["workers"]
-        for w, state in tree["decoders"].items():
-            self.decoders[w] = Decoder()
-            self.decoders[w].load_state_dict(state)
-        self.aggregator.load_state_dict(tree["aggregator"])
+        self.receiver.load_state_dict(tree["receiver"])
+        self.strategy.load_state_dict(tree["strategy"])
         self.history.load_state_dict(tree["history"])
         self.ledger.load_state_dict(tree["ledger"])
         self.applied_keys = tree["applied_keys"]
         self.selection_history = tree["selection_history"]
         self.accuracy_history = tree["accuracy_history"]
-        self.samples, self.control_bytes = tree["samples"], tree["control_bytes"]
+        self.samples = tree["samples"]
         self.train_losses = tree["train_losses"]
         self.time_before = tree["elapsed"]
         replayed = self._replay()

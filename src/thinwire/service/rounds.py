@@ -17,13 +17,11 @@ import math
 import time
 from typing import Any
 
-import torch
 
-from ..aggregate import Contribution
-from ..codecs import Decoder
-from ..policy import select_budget, select_top_k
-from ..wire import Update, parse_update
-from .ingest import ServiceError, check_header, check_layout, decode_all, parse, restore
+from ..exchange import Rejected, TensorSet
+from ..strategy import Contribution, apply_delta
+from ..wire import Update
+from .admission import ServiceError, check_header
 
 
 class RoundLogic:
@@ -57,7 +55,10 @@ class RoundLogic:
     # ---- uploads ----------------------------------------------------------------------
     def push(self, body: bytes) -> dict[str, Any]:
         """Validate, decode, journal, then count an update; idempotent by (worker, round, seq)."""
-        update = parse(body, self.limits)
+        try:
+            update = self.receiver.parse(body)
+        except Rejected as exc:
+            raise ServiceError(400, str(exc)) from None
         check_header(update)
         wid = update.node_id
         with self.lock:
@@ -66,16 +67,18 @@ class RoundLogic:
             if [update.round, update.seq] in self.applied_keys.get(wid, []):
                 return self._answer("duplicate", applied=False)
             self._admissible(wid, update)
-            check_layout(update, self.layout, self.codec_name)
-            decoder = self.decoders.setdefault(wid, Decoder())
-            decoded, before = decode_all(decoder, update)
+            try:
+                self.receiver.check(update)
+                arrival = self.receiver.decode(update, len(body))
+            except Rejected as exc:
+                raise ServiceError(400, str(exc)) from None
             try:
                 self.store.append({"type": "update", "worker": wid}, body)
             except OSError as exc:
-                restore(decoder, before)
+                arrival.undo()
                 raise ServiceError(503, f"cannot journal the update ({exc.strerror}); the "
                                         "coordinator's disk is failing, retry later") from None
-            self._accept(wid, update, decoded, len(body))
+            self._accept(wid, update, arrival.tensors, len(body))
             answer = self._answer("accepted", applied=True)
             self._maybe_close()
             return answer
@@ -105,7 +108,7 @@ class RoundLogic:
             raise ServiceError(409, f"worker {wid} is not selected in round {self.round}: "
                                     "POST /v1/offers first and upload only if selected")
 
-    def _accept(self, wid: str, update: Update, decoded: dict, nbytes: int) -> None:
+    def _accept(self, wid: str, update: Update, decoded: TensorSet, nbytes: int) -> None:
         self.workers[wid]["sent"] += 1
         self.ledger.upload(wid, 4 * self.numel, nbytes)
         keys = self.applied_keys.setdefault(wid, [])
@@ -178,13 +181,7 @@ class RoundLogic:
         late = (self.round_started is not None and
                 time.monotonic() >= self.round_started + self.cfg.round_timeout / 2)
         if self._expected() <= answered or late:
-            scores = {w: s for w, (s, _) in self.offers.items()}
-            costs = {w: b for w, (_, b) in self.offers.items()}
-            if self.cfg.sel_clients:
-                ratio = {w: scores[w] / max(costs[w], 1) for w in scores}
-                chosen = select_top_k(ratio, self.cfg.sel_clients)
-            else:
-                chosen = select_budget(scores, costs, self.cfg.up_budget_bits)
+            chosen = self.strategy.select(self.offers)
             rec = {"type": "select", "round": self.round, "selected": sorted(chosen),
                    "offers": {w: list(v) for w, v in self.offers.items()}}
             self.store.append(rec)
@@ -220,19 +217,19 @@ class RoundLogic:
             self._close_round("deadline")
 
     def _close_round(self, reason: str) -> None:
-        fresh, agg = self.pending, self.aggregator
+        fresh = self.pending
         for w, c in fresh.items():
-            agg.submit(w, c)
-        hidden = {w: agg.last.pop(w) for w in list(agg.last)
-                  if w not in fresh and self.workers.get(w, {}).get("state") != "active"}
-        pool = set(agg.last) | set(fresh) if self.cfg.skipped == "reuse" else set(fresh)
-        result = agg.result()
-        agg.last.update(hidden)
-        if result is not None:
-            self._apply_sync(result, len(pool))
+            self.strategy.submit(w, c)
+        gone = {w for w in self.strategy.last
+                if w not in fresh and self.workers.get(w, {}).get("state") != "active"}
+        combined = self.strategy.result(exclude=gone)  # gone workers' last one is not reused
+        if combined is not None:
+            self._step(combined.tensors, self.strategy.sync_scale(combined.count),
+                       replace_buffers=True)
         entry = {"round": self.round, "version": self.version, "reason": reason,
                  "selected": sorted(fresh), "skipped": sorted(self.skips),
-                 "unselected": sorted(self.unselected), "combined": len(pool),
+                 "unselected": sorted(self.unselected),
+                 "combined": combined.count if combined else 0,
                  "missing": sorted(self._expected() - self._responded()),
                  "bits_up": 8 * self.ledger.totals()["up_wire"]}
         self.selection_history.append(entry)
@@ -241,14 +238,8 @@ class RoundLogic:
         self.commit()
         self._after_round(entry)
 
-    def _apply_sync(self, result: dict[str, torch.Tensor], m: int) -> None:
-        scale = self.cfg.server_lr * (m / self.cfg.sel_ref if self.cfg.sel_ref else 1.0)
-        self._step(result, scale, replace_buffers=True)
-
-    def _apply_async(self, decoded: dict[str, torch.Tensor], staleness: int) -> None:
-        weight = (self.cfg.mix() * self.cfg.server_lr
-                  * (1.0 + max(staleness, 0)) ** -self.cfg.staleness_exponent)
-        self._step(decoded, weight, replace_buffers=False)
+    def _apply_async(self, decoded: TensorSet, staleness: int) -> None:
+        self._step(decoded, self.strategy.async_weight(staleness), replace_buffers=False)
         self.applied += 1
         if self.applied % self.cfg.total_workers == 0:
             entry = {"round": self.round, "version": self.version, "reason": "async",
@@ -259,17 +250,8 @@ class RoundLogic:
                 self.commit()
             self._after_round(entry)
 
-    def _step(self, delta: dict[str, torch.Tensor], scale: float, replace_buffers: bool) -> None:
-        change = 0.0
-        for n, p in self.params.items():
-            step = delta[n] * scale
-            p.add_(step)
-            change += float(step.pow(2).sum())
-        for n, b in self.buffers.items():
-            new = delta.get("buffer:" + n)
-            if new is not None:
-                b.copy_(new) if replace_buffers else b.lerp_(new.to(b.dtype), min(scale, 1.0))
-        self.history.push(change)
+    def _step(self, delta: TensorSet, scale: float, replace_buffers: bool) -> None:
+        self.history.push(apply_delta(self.params, self.buffers, delta, scale, replace_buffers))
         self.version += 1
         self._advance_view()
 
@@ -302,12 +284,18 @@ class RoundLogic:
         return count
 
     def _replay_update(self, body: bytes, sync: bool) -> bool:
-        update = parse_update(body, self.limits)
-        wid = update.node_id
-        if wid not in self.workers or (sync and update.round != self.round):
+        """Re-apply one journaled update; a record that no longer parses or decodes is
+        logged and skipped rather than stopping the restart."""
+        try:
+            update = self.receiver.parse(body)
+            wid = update.node_id
+            if wid not in self.workers or (sync and update.round != self.round):
+                return False
+            if [update.round, update.seq] in self.applied_keys.get(wid, []):
+                return False
+            arrival = self.receiver.decode(update, len(body))
+        except Rejected as exc:
+            self.log(f"journal: skipped an update that cannot be replayed ({exc})")
             return False
-        if [update.round, update.seq] in self.applied_keys.get(wid, []):
-            return False
-        decoded, _ = decode_all(self.decoders.setdefault(wid, Decoder()), update)
-        self._accept(wid, update, decoded, len(body))
+        self._accept(wid, update, arrival.tensors, len(body))
         return True

@@ -2,8 +2,9 @@
 
     python -m thinwire.service.worker --coordinator-url http://127.0.0.1:5000 --worker-id w0
 
-Every request retries with exponential backoff while the coordinator is unreachable (up to
---retry-for seconds); after an outage the worker registers again (same session, so the
+Requests go through `HttpTransport` (exchange/http.py), which retries with exponential
+backoff while the coordinator is unreachable (up to --retry-for seconds) and counts every
+byte in a link ledger; after an outage the worker registers again (same session, so the
 coordinator keeps its codec state) and re-sends what was not acknowledged, with the same
 (worker, round, seq), so nothing is applied twice. An update the coordinator refuses (stale
 round, not selected) rolls the encoder back, keeping both sides' codec state in step.
@@ -13,82 +14,75 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 
-from ..codecs import decode
-from ..errors import CodecError, ThinwireError
+from ..errors import ThinwireError
+from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
-from ..wire import parse_update
-from .flq import Learner, Proposal
+from ..wire import Update, parse_update
+from .learner import Learner
+from .round_trip import ModelInfo, load_model, worker_round
 
 
 class WorkerError(ThinwireError):
     """Fatal for the worker: bad token, coordinator gone for good, refused registration."""
 
 
-class Client:
-    """httpx with retries/backoff; calls `on_reconnect` after an outage before resending."""
+class HttpLink:
+    """The coordinator's API as a `round_trip.Link`, over an `HttpTransport`."""
 
-    def __init__(self, url: str, token: str | None, retry_for: float, log: Any) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers,
-                                 timeout=httpx.Timeout(60.0, connect=5.0))
-        self.retry_for, self.log = retry_for, log
-        self.on_reconnect: Any = None
+    def __init__(self, transport: HttpTransport, wid: str, log: Any) -> None:
+        self.transport, self.wid, self.log = transport, wid, log
 
-    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        for _ in range(5):
-            r, outage = self._send(method, path, **kw)
-            if outage and self.on_reconnect is not None:
-                self.on_reconnect()
-                continue
-            if r.status_code == 404 and "not registered" in r.text and self.on_reconnect:
-                self.on_reconnect()
-                continue
-            if r.status_code == 401:
-                raise WorkerError(f"coordinator says: {error_of(r)}")
-            return r
-        raise WorkerError(f"{method} {path}: the coordinator keeps forgetting this worker")
+    def pull(self, have: int | None, wait_round: int | None) -> tuple[Update, ModelInfo]:
+        params: dict[str, Any] = {"worker_id": self.wid}
+        if have is not None:
+            params["have"] = have
+        if wait_round is not None:
+            params["wait_round"] = wait_round
+        r = self.transport.request("GET", "/v1/model", params=params)
+        if r.status_code != 200:
+            raise WorkerError(f"cannot fetch the model: {error_of(r)}")
+        h = r.headers
+        info = ModelInfo(int(h["x-thinwire-round"]), int(h["x-thinwire-version"]),
+                         h["x-thinwire-done"] == "1",
+                         [float(v) for v in h["x-thinwire-diffs"].split(",") if v])
+        return parse_update(r.content), info
 
-    def _send(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, bool]:
-        start, backoff, outage = time.monotonic(), 0.2, False
+    def skip(self, round_: int, reason: str) -> None:
+        self.transport.request("POST", "/v1/skips", json={
+            "worker_id": self.wid, "round": round_, "reason": reason})
+
+    def offer(self, round_: int, score: float, bits: int) -> bool:
         while True:
-            try:
-                r = self.http.request(method, path, **kw)
-                if r.status_code < 500:
-                    return r, outage
-                problem = f"HTTP {r.status_code}: {error_of(r)}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}"
-            if time.monotonic() - start > self.retry_for:
-                raise WorkerError(f"coordinator at {self.http.base_url} unreachable for "
-                                  f"{self.retry_for:.0f}s ({problem}); is it running?")
-            if not outage:
-                self.log(f"coordinator unreachable ({problem}); retrying with backoff")
-            outage = True
-            time.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            r = self.transport.request("POST", "/v1/offers", json={
+                "worker_id": self.wid, "round": round_, "score": score, "bits": bits})
+            if r.status_code != 200:
+                self.log(f"offer refused: {error_of(r)}")
+                return False
+            if r.json()["selected"] is not None:
+                return bool(r.json()["selected"])
 
-
-def error_of(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", r.text))
-    except ValueError:
-        return r.text[:200]
+    def push(self, body: bytes) -> tuple[bool, str]:
+        r = self.transport.send(self.wid, "/v1/updates", body)
+        if r.status_code == 200:
+            return True, str(r.json()["status"])
+        return False, f"{r.status_code}: {error_of(r)}"
 
 
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.wid = args, args.worker_id
         self.session = secrets.token_hex(8)
-        self.client = Client(args.coordinator_url, args.token, args.retry_for, self.log)
+        self.transport = HttpTransport(args.coordinator_url, self.wid, args.token,
+                                       args.retry_for, self.log)
+        self.transport.lost = lambda r: r.status_code == 404 and "not registered" in r.text
+        self.link = HttpLink(self.transport, self.wid, self.log)
         self.learner: Learner | None = None
         self.have: int | None = None
         self.seq = 0
@@ -99,13 +93,15 @@ class Worker:
             print(f"[worker {self.wid}] {line}", file=sys.stderr, flush=True)
 
     def register(self) -> dict[str, Any]:
-        self.client.on_reconnect = None  # no recursion while registering
+        self.transport.on_reconnect = None  # no recursion while registering
         try:
-            r = self.client.request("POST", "/v1/workers", json={
+            r = self.transport.request("POST", "/v1/workers", json={
                 "worker_id": self.wid, "session": self.session,
                 "specialty": self.args.specialty, "capabilities": {"pid": os.getpid()}})
+        except TransportError as exc:
+            raise WorkerError(str(exc)) from None
         finally:
-            self.client.on_reconnect = self.register
+            self.transport.on_reconnect = self.register
         if r.status_code != 200:
             raise WorkerError(f"registration refused: {error_of(r)}")
         info = r.json()
@@ -129,87 +125,46 @@ class Worker:
         self.conf = conf
         return Learner(task, shard, index, conf, self.wid, a.speed_factor)
 
-    # ---- one exchange -----------------------------------------------------------------
-    def pull(self, wait_round: int | None) -> dict[str, Any]:
-        params = {"worker_id": self.wid}
-        if self.have is not None:
-            params["have"] = self.have
-        if wait_round is not None:
-            params["wait_round"] = wait_round
-        r = self.client.request("GET", "/v1/model", params=params)
-        if r.status_code != 200:
-            raise WorkerError(f"cannot fetch the model: {error_of(r)}")
-        h = r.headers
-        meta = {"round": int(h["x-thinwire-round"]), "version": int(h["x-thinwire-version"]),
-                "done": h["x-thinwire-done"] == "1"}
-        msg = parse_update(r.content)
-        try:
-            tensors = {t.name: decode(t) for t in msg.tensors}
-        except CodecError:  # a delta this worker cannot decode alone: ask for the full model
-            self.have = None
-            return self.pull(wait_round)
-        self.learner.load(tensors, add=msg.kind == "delta")
-        self.have = meta["version"]
-        self.learner.set_history([float(v) for v in h["x-thinwire-diffs"].split(",") if v])
-        return meta
-
-    def offer(self, p: Proposal, round_: int) -> bool:
-        while True:
-            r = self.client.request("POST", "/v1/offers", json={
-                "worker_id": self.wid, "round": round_, "score": p.score, "bits": p.bits})
-            if r.status_code != 200:
-                self.log(f"offer refused: {error_of(r)}")
-                return False
-            if r.json()["selected"] is not None:
-                return bool(r.json()["selected"])
-
-    def submit(self, p: Proposal, round_: int) -> None:
-        if p.update is None:
-            r = self.client.request("POST", "/v1/skips", json={
-                "worker_id": self.wid, "round": round_, "reason": p.reason})
-            self.skipped += 1
-            self.log(f"round {round_}: skipped upload ({p.reason})")
-            return
-        if self.conf["selection"] and not self.offer(p, round_):
-            self.learner.rollback(p)
-            self.skipped += 1
-            self.log(f"round {round_}: not selected ({p.bits} bits offered)")
-            return
-        r = self.client.request("POST", "/v1/updates", content=p.body,
-                                headers={"Content-Type": "application/x-protobuf"})
-        if r.status_code == 200:
-            self.sent += 1
-            self.log(f"round {round_}: sent {len(p.body)} bytes ({p.reason}, "
-                     f"{r.json()['status']})")
-        else:
-            self.learner.rollback(p)
-            self.log(f"round {round_}: update refused ({r.status_code}: {error_of(r)})")
-
     # ---- main loop --------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        except TransportError as exc:
+            raise WorkerError(str(exc)) from None
+
+    def _run(self) -> int:
         info = self.register()
         end = time.monotonic() + self.args.duration if self.args.duration else None
         next_round = info["round"]
         while end is None or time.monotonic() < end:
             sync = self.conf["schedule"] == "sync"
-            meta = self.pull(next_round if sync else None)
-            if meta["done"]:
-                self.log(f"training done at round {meta['round']} (sent {self.sent}, "
+            meta, self.have = load_model(self.learner, self.link, self.have,
+                                         next_round if sync else None)
+            if meta.done:
+                self.log(f"training done at round {meta.round} (sent {self.sent}, "
                          f"skipped {self.skipped})")
                 break
-            if sync and meta["round"] < next_round:
+            if sync and meta.round < next_round:
                 continue  # long poll timed out; ask again
-            if sync:
-                delta, n, conf = self.learner.train(steps=self.conf["local_steps"])
-            else:
-                delta, n, conf = self.learner.train(seconds=self.args.sync_interval)
             self.seq += 1
-            proposal = self.learner.propose(delta, meta["round"] if sync else meta["version"],
-                                            self.seq, meta["version"], n, conf)
-            self.submit(proposal, meta["round"])
-            next_round = meta["round"] + 1
-        self.client.request("POST", f"/v1/workers/{self.wid}/leave")
+            result = worker_round(self.learner, self.link, meta, self.seq, sync,
+                                  self.conf["selection"], self.conf["local_steps"],
+                                  self.args.sync_seconds)
+            self._report(result)
+            next_round = meta.round + 1
+        self.transport.request("POST", f"/v1/workers/{self.wid}/leave")
         return 0
+
+    def _report(self, result: Any) -> None:
+        r, p = result.info.round, result.proposal
+        if result.outcome == "sent":
+            self.sent += 1
+            self.log(f"round {r}: sent {len(p.body)} bytes ({p.reason}, {result.detail})")
+        elif result.outcome == "refused":
+            self.log(f"round {r}: update refused ({result.detail})")
+        else:
+            self.skipped += 1
+            self.log(f"round {r}: {result.outcome} ({result.detail})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0.0, help="stop after SEC seconds")
     p.add_argument("--speed-factor", type=float, default=1.0,
                    help="emulate a device F times slower (sleeps after each step)")
-    p.add_argument("--sync-interval", type=float, default=2.0,
-                   help="async schedule: seconds of local training between pushes")
+    p.add_argument("--sync-seconds", "--sync-interval", dest="sync_seconds", type=float,
+                   default=2.0, help="async schedule: seconds of local training between "
+                                     "pushes (--sync-interval: the seed's spelling)")
     p.add_argument("--retry-for", type=float, default=120.0,
                    help="give up after the coordinator is unreachable this long")
     p.add_argument("--specialty", default="")

@@ -49,7 +49,7 @@ class RunConfig(Strict):
     policy: str = "always"
     skipped: Literal["reuse", "drop", "accumulate"] = "reuse"
     weight: Literal["samples", "uniform", "confidence"] = "samples"
-    aggregate: Literal["mean", "median", "trimmed_mean"] = "mean"
+    aggregate: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
     communication: Communication = Field(default_factory=Communication)
     laq: LAQ = Field(default_factory=LAQ)
     epochs: int = Field(3, ge=1)
@@ -80,7 +80,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check_specs(self) -> "RunConfig":
-        from ..aggregate import Aggregator
+        from ..strategy import check as check_strategy
         from ..codecs import make_codec
         from ..policy import make_policy
         from .link import LinkModel
@@ -89,7 +89,7 @@ class RunConfig(Strict):
         make_codec(self.down_codec)
         make_policy(self.policy, self.communication.model_dump(), self.laq.model_dump())
         LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
-        Aggregator(self.aggregate, self.weight, self.skipped)  # its own checks
+        check_strategy(self.aggregate, self.weight, self.skipped)
         if self.skipped == "accumulate" and self.policy == "laq":
             raise ValueError("skipped=accumulate does not fit policy laq: LAQ measures "
                              "innovation against the reused last upload; use reuse")

@@ -84,7 +84,7 @@ def result_row(sim: Simulation, elapsed: float) -> dict:
         "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or sim.task.model,
         "nodes": len(sim.nodes), "split": cfg.split if not cfg.centralized else "centralized",
         "mode": "centralized" if cfg.centralized else cfg.mode,
-        "codec": "-" if cfg.centralized else sim.nodes[0].encoder.codec.name,
+        "codec": "-" if cfg.centralized else sim.senders[0].encoder.codec.name,
         "codec_config": "-" if cfg.centralized else cfg.codec,
         "error_feedback": cfg.error_feedback and not cfg.centralized,
         "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,

@@ -1,8 +1,9 @@
 """In-process simulation: N nodes train one model, exchanging real serialized `Update`s.
 
-Every upload is encoded, serialized to protobuf, parsed and decoded on the aggregator side, so
-the ledger's wire bytes are the lengths of real messages. Communication time comes from the
-link model; compute time is measured.
+Each node is a `Sender` (exchange/); its serialized `Update` crosses a `MemoryTransport` to the
+aggregator's `Receiver`, and a `Strategy` (strategy/) combines what arrived, so the ledger's
+wire bytes are the lengths of real messages. Communication time comes from the link model;
+compute time is measured.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..aggregate import Aggregator, Contribution
-from ..codecs import Decoder, Encoder, make_codec
-from ..obs.ledger import Ledger
+from ..codecs import Encoder, make_codec
+from ..exchange import MemoryTransport, Receiver, Sender, TensorSet
+from ..obs.ledger import HUB
 from ..policy import ModelDiffHistory, make_policy
-from ..tasks import Task, build_model, class_histograms, format_histograms, split_indices
-from ..wire import Update, parse_update, serialize_update
+from ..strategy import Contribution, Strategy, apply_delta
+from ..tasks import Task, build_model, class_histograms, split_indices
+from ..tasks.stream import ShardStream
+from ..wire import Update, serialize_update
+from .batched import VmapGrads
 from .config import RunConfig
 from .link import LinkModel
-from .batched import VmapGrads
-from .nodes import SimNode, Tensors
 from .schedule import lr_at
+
+Tensors = dict[str, torch.Tensor]
 
 PACKED = "packed"
 
@@ -54,17 +58,17 @@ class Simulation:
                               cfg.seed)
         self.histograms = class_histograms(task.train_y, parts, task.num_classes)
         self.history = ModelDiffHistory(cfg.laq.depth)
-        self.nodes = [SimNode(i, part, Encoder(make_codec(cfg.codec, cfg.error_feedback)),
-                              self._policy(), cfg.seed, accumulate=cfg.skipped == "accumulate")
-                      for i, part in enumerate(parts)]
-        self.decoders = {n.node_id: Decoder() for n in self.nodes}
-        self.buffer_encoders = {n.node_id: Encoder(make_codec("none")) for n in self.nodes}
-        self.aggregator = Aggregator(cfg.aggregate, cfg.weight, cfg.skipped,
-                                     expected_nodes=len(self.nodes))
-        self.down_encoder, self.down_decoder = Encoder(make_codec(cfg.down_codec)), Decoder()
+        self.nodes = [ShardStream(i, part, cfg.seed) for i, part in enumerate(parts)]
+        self.senders = [Sender(f"node-{i}", Encoder(make_codec(cfg.codec, cfg.error_feedback)),
+                               self._policy(), accumulate=cfg.skipped == "accumulate")
+                        for i in range(len(parts))]
+        self.transport = MemoryTransport()
+        self.receiver, self.down_receiver = Receiver(), Receiver()
+        self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
+                                 expected_nodes=len(self.nodes))
+        self.down_encoder = Encoder(make_codec(cfg.down_codec))
         self.link = LinkModel.build(n_nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms,
                                     cfg.topology)
-        self.ledger = Ledger()
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())
         self._vmapped = VmapGrads(self.model) if cfg.node_batching == "vmap" else None
         self.step = self.epoch = 0
@@ -94,7 +98,11 @@ class Simulation:
             per *= self.cfg.local_steps
         return max(1, math.ceil(len(self.task.train_y) / per))
 
-    def _batch(self, node: SimNode, local: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def ledger(self):
+        return self.transport.ledger
+
+    def _batch(self, node: ShardStream, local: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         idx = node.next_batch(min(self.batch, len(node.shard)))
         x, y = self.task.train_x[idx], self.task.train_y[idx]
         if self.task.augment is not None:
@@ -103,7 +111,7 @@ class Simulation:
             x = self.task.augment(x, gen)
         return x, y
 
-    def _forward_backward(self, node: SimNode, local: int = 0) -> float:
+    def _forward_backward(self, node: ShardStream, local: int = 0) -> float:
         x, y = self._batch(node, local)
         self.model.zero_grad(set_to_none=True)
         out = self.model(x)
@@ -113,34 +121,38 @@ class Simulation:
         self.samples += len(y)
         return float(out.detach().softmax(1).amax(1).mean())
 
-    def _exchange(self, node: SimNode, tensors: Tensors, confidence: float, samples: int,
+    def _exchange(self, sender: Sender, tensors: Tensors, confidence: float, samples: int,
                   kind: str) -> int:
-        """Policy, encode, serialize, parse, decode, submit. Returns uploaded bytes."""
-        update, _ = node.prepare(self._pack(tensors), self.step, confidence, samples, kind)
-        if update is None:
-            self.ledger.skip(node.node_id, self.raw_bytes)
+        """Policy and encoding (Sender), then the serialized Update crosses the transport.
+        Returns uploaded bytes."""
+        proposal = sender.propose(self._pack(tensors), self.step, confidence)
+        if not proposal.send:
+            self.ledger.skip(sender.node_id, self.raw_bytes)
             return 0
-        if kind == "delta" and self.buffers:
-            enc = self.buffer_encoders[node.node_id]
-            update.tensors += [enc.encode(b, "buffer:" + n) for n, b in self.buffers.items()]
+        extra = TensorSet(self.buffers, "buffer") if kind == "delta" and self.buffers else None
+        update = sender.message(proposal, extra, round=self.step, seq=self.step,
+                                confidence=confidence, num_samples=samples, kind=kind)
         data = serialize_update(update)
-        self.ledger.upload(node.node_id, self.raw_bytes, len(data))
-        received = parse_update(data)
-        decoder = self.decoders[node.node_id]
-        decoded = {t.name: decoder.decode(t) for t in received.tensors}
-        self.aggregator.submit(node.node_id, Contribution(decoded, received.num_samples,
-                                                          received.confidence))
+        self.transport.send(sender.node_id, HUB, data, raw=self.raw_bytes)
         return len(data)
+
+    def _collect(self) -> None:
+        """The aggregator's side: decode every arrived Update and hand it to the strategy."""
+        for src, data in self.transport.drain(HUB):
+            arrival = self.receiver.receive(data, src)
+            update = arrival.update
+            self.strategy.submit(src, Contribution(arrival.tensors, update.num_samples,
+                                                   update.confidence))
 
     def _broadcast(self, tensors: Tensors) -> tuple[Tensors, int]:
         """Encode the aggregate once for every node (down_codec); return what nodes decode."""
         payloads = [self.down_encoder.encode(t, n) for n, t in tensors.items()]
-        data = serialize_update(Update(node_id="aggregator", tensors=payloads, round=self.step,
+        data = serialize_update(Update(node_id=HUB, tensors=payloads, round=self.step,
                                        kind="grad" if self.cfg.mode == "sync" else "delta"))
-        for node in self.nodes:
-            self.ledger.download(node.node_id, self.raw_bytes, len(data))
-        received = parse_update(data)
-        return {t.name: self.down_decoder.decode(t) for t in received.tensors}, len(data)
+        self.transport.broadcast(HUB, [s.node_id for s in self.senders], data, self.raw_bytes)
+        received = [self.transport.drain(s.node_id) for s in self.senders]
+        arrival = self.down_receiver.receive(received[0][0][1], HUB)  # identical bytes
+        return dict(arrival.tensors.params), len(data)
 
     def _pack(self, tensors: Tensors) -> Tensors:
         """`pack`: one flat tensor, so one payload carries the whole model (top-k is global)."""
@@ -176,12 +188,13 @@ class Simulation:
             self._forward_backward(self.nodes[0])
             self.opt.step()
             return
-        ups = [self._exchange(node, grads, conf, self.batch, "grad")
-               for node, (grads, conf) in zip(self.nodes, self._node_grads())]
-        avg = self.aggregator.result()
+        ups = [self._exchange(sender, grads, conf, self.batch, "grad")
+               for sender, (grads, conf) in zip(self.senders, self._node_grads())]
+        self._collect()
+        combined = self.strategy.result()
         down = 0
-        if avg is not None:
-            grads, down = self._broadcast(avg)
+        if combined is not None:
+            grads, down = self._broadcast(combined.tensors.params)
             grads = self._unpack(grads)
             before = self._snapshot()
             for n, p in self.params.items():
@@ -194,7 +207,7 @@ class Simulation:
         start = self._snapshot()
         start_buffers = {n: b.detach().clone() for n, b in self.buffers.items()}
         ups = []
-        for node in self.nodes:
+        for node, sender in zip(self.nodes, self.senders):
             self._load(start, start_buffers)
             local = torch.optim.SGD(self.model.parameters(), lr=self.lr(),
                                     momentum=self.cfg.momentum,
@@ -205,21 +218,15 @@ class Simulation:
                 local.step()
             delta = {n: p.detach() - start[n] for n, p in self.params.items()}
             samples = self.cfg.local_steps * self.batch
-            ups.append(self._exchange(node, delta, sum(confs) / len(confs), samples, "delta"))
+            ups.append(self._exchange(sender, delta, sum(confs) / len(confs), samples, "delta"))
         self._load(start, start_buffers)
-        avg = self.aggregator.result()
+        self._collect()
+        combined = self.strategy.result()
         down = 0
-        if avg is not None:
-            buffer_avg = {k[7:]: v for k, v in avg.items() if k.startswith("buffer:")}
-            delta, down = self._broadcast({k: v for k, v in avg.items()
-                                           if not k.startswith("buffer:")})
-            delta = self._unpack(delta)
-            with torch.no_grad():
-                for n, p in self.params.items():
-                    p.add_(delta[n].to(p.dtype))
-                for n, b in self.buffers.items():
-                    if n in buffer_avg:
-                        b.copy_(buffer_avg[n])
+        if combined is not None:
+            delta, down = self._broadcast(combined.tensors.params)
+            step = TensorSet(self._unpack(delta)).add(combined.tensors.buffers, "buffer")
+            apply_delta(self.params, self.buffers, step)
             self.history.push(self._change_sq(start))
         self._account(ups, down)
 
@@ -227,9 +234,9 @@ class Simulation:
         lr = self.lr()
         for group in self.opt.param_groups:
             group["lr"] = lr
-        for node in self.nodes:  # LAQ's threshold scales with the step size (alpha = lr/M)
-            if hasattr(node.policy, "alpha"):
-                node.policy.alpha = lr / self.cfg.nodes
+        for sender in self.senders:  # LAQ's threshold scales with the step (alpha = lr/M)
+            if hasattr(sender.policy, "alpha"):
+                sender.policy.alpha = lr / self.cfg.nodes
 
     def _account(self, ups: list[int], down: int) -> None:
         if self.cfg.topology == "ring":
@@ -271,9 +278,10 @@ class Simulation:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "nodes": [n.state_dict() for n in self.nodes],
-                "decoders": {k: d.state_dict() for k, d in self.decoders.items()},
-                "down": [self.down_encoder.state_dict(), self.down_decoder.state_dict()],
-                "aggregator": self.aggregator.state_dict(), "history": self.history.state_dict(),
+                "senders": [s.state_dict() for s in self.senders],
+                "receiver": self.receiver.state_dict(),
+                "down": [self.down_encoder.state_dict(), self.down_receiver.state_dict()],
+                "strategy": self.strategy.state_dict(), "history": self.history.state_dict(),
                 "ledger": self.ledger.state_dict(), "records": self.records,
                 "counters": [self.step, self.epoch, self.comm_time, self.compute_time,
                              self.samples], "train_losses": self.train_losses,
@@ -284,11 +292,12 @@ class Simulation:
         self.opt.load_state_dict(s["opt"])
         for node, state in zip(self.nodes, s["nodes"]):
             node.load_state_dict(state)
-        for k, d in self.decoders.items():
-            d.load_state_dict(s["decoders"][k])
+        for sender, state in zip(self.senders, s["senders"]):
+            sender.load_state_dict(state)
+        self.receiver.load_state_dict(s["receiver"])
         self.down_encoder.load_state_dict(s["down"][0])
-        self.down_decoder.load_state_dict(s["down"][1])
-        self.aggregator.load_state_dict(s["aggregator"])
+        self.down_receiver.load_state_dict(s["down"][1])
+        self.strategy.load_state_dict(s["strategy"])
         self.history.load_state_dict(s["history"])
         self.ledger.load_state_dict(s["ledger"])
         self.records = list(s["records"])

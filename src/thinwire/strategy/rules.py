@@ -33,10 +33,31 @@ def trimmed_mean(tensors: list[torch.Tensor], weights: list[float],
     return kept.mean(dim=0).to(tensors[0].dtype)
 
 
+def krum_choice(flat: list[torch.Tensor], byzantine: int | None = None) -> int | None:
+    """Krum (Blanchard et al. 2017): the index of the contribution closest to its n - f - 2
+    nearest neighbours, over whole flattened contributions. f defaults to the largest with
+    n > 2f + 2; None when there are too few nodes (n <= 3) to tell."""
+    n = len(flat)
+    f = (n - 3) // 2 if byzantine is None else byzantine
+    if n <= 3 or n <= 2 * f + 2:
+        return None
+    stacked = torch.stack([t.reshape(-1).float() for t in flat])
+    dist = torch.cdist(stacked, stacked) ** 2
+    closest = dist.sort(dim=1).values[:, 1: n - f - 1]  # skip the distance to itself
+    return int(closest.sum(dim=1).argmin())
+
+
+def krum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Krum on one tensor (the Strategy applies it to whole contributions)."""
+    best = krum_choice(tensors)
+    return median(tensors, weights) if best is None else tensors[best]
+
+
 RULES: dict[str, Callable[[list[torch.Tensor], list[float]], torch.Tensor]] = {
     "mean": weighted_mean,
     "median": median,
     "trimmed_mean": trimmed_mean,
+    "krum": krum,
 }
 
 

@@ -1,15 +1,13 @@
 """A worker's FLQ step without any network: local SGD on its shard, then the upload decision.
 
-`Learner.propose` is the simulator's decision (`SimNode.decide`, run/nodes.py) made
-tentatively: the snapshot it keeps rolls the encoder/policy state back when the upload does
-not happen (not selected, rejected by the coordinator). The shard, batch order and state
-containers are the simulator's `SimNode`; the model-change history comes from the
-coordinator with each model.
+`Learner.propose` is a tentative `Sender.propose` (exchange/): the worker commits it once the
+coordinator accepts the upload and rolls it back when it does not happen (not selected,
+refused), so encoder and policy state stay in step with the coordinator's decoder. The batch
+order is the shared `ShardStream`; the model-change history comes with each model.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..codecs import Encoder, make_codec
+from ..exchange import Proposal as Decision
+from ..exchange import Sender, TensorSet
 from ..policy import Always, LAQRule, ModelDiffHistory
-from ..sim.nodes import SimNode
 from ..tasks import Task, build_model
+from ..tasks.stream import ShardStream
 from ..wire import Update, serialize_update
 
 Tensors = dict[str, torch.Tensor]
@@ -34,7 +34,7 @@ class Proposal:
     reason: str
     score: float = 0.0      # ||q||^2 of what the coordinator would gain (budget selection)
     bits: int = 0           # exact serialized size of the update, in bits
-    snapshot: Any = field(default=None, repr=False)
+    decision: Decision | None = field(default=None, repr=False)
     body: bytes = b""
 
 
@@ -64,18 +64,20 @@ class Learner:
         self.buffers = {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
         self.history = ModelDiffHistory(conf["depth"])
         encoder = Encoder(make_codec(conf["codec"], conf["error_feedback"]))
-        self.node = SimNode(index, shard, encoder, make_policy(conf, self.history),
-                            conf["seed"])
-        self.buffer_codec = make_codec("none")
+        self.stream = ShardStream(index, shard, conf["seed"])
+        self.sender = Sender(worker_id, encoder, make_policy(conf, self.history))
         self.losses: list[float] = []
 
     # ---- model ------------------------------------------------------------------------
-    def load(self, tensors: Tensors, add: bool = False) -> None:
-        """Set (or, for a downlink delta, add to) the model's parameters and float buffers."""
+    def load(self, tensors: TensorSet | Tensors, add: bool = False) -> None:
+        """Set (or, for a downlink delta, add to) the model's parameters and float buffers
+        (a plain dict holds parameters only)."""
+        if not isinstance(tensors, TensorSet):
+            tensors = TensorSet(tensors)
         with torch.no_grad():
             for name, t in tensors.items():
-                target = (self.buffers.get(name[7:]) if name.startswith("buffer:")
-                          else self.params.get(name))
+                own = self.buffers if tensors.role(name) == "buffer" else self.params
+                target = own.get(name)
                 if target is None:
                     continue
                 target.add_(t.to(target.dtype)) if add else target.copy_(t.to(target.dtype))
@@ -95,7 +97,7 @@ class Learner:
         self.model.train()
         while True:
             t0 = time.monotonic()
-            idx = self.node.next_batch(min(self.conf["batch_size"], len(self.node.shard)))
+            idx = self.stream.next_batch(min(self.conf["batch_size"], len(self.stream.shard)))
             x, y = self.task.train_x[idx], self.task.train_y[idx]
             opt.zero_grad(set_to_none=True)
             out = self.model(x)
@@ -118,25 +120,24 @@ class Learner:
     # ---- the upload decision ----------------------------------------------------------
     def propose(self, delta: Tensors, round_: int, seq: int, base_version: int,
                 samples: int, confidence: float) -> Proposal:
-        d = self.node.decide(delta, round_, confidence, tentative=True)
+        d = self.sender.propose(delta, round_, confidence, tentative=True)
         if not d.send:
             return Proposal(None, d.reason)
-        score = d.ctx.innovation_sq
-        if not math.isfinite(score):  # first upload: the whole quantized update is new
-            score = sum(float((r.float() ** 2).sum()) for r in d.recon.values())
-        tensors = d.payloads + [self.buffer_codec.encode(b.float(), None, "buffer:" + n)
-                                for n, b in self.buffers.items()]
         recent = self.losses[-10:]
-        update = Update(node_id=self.worker_id, tensors=tensors, round=round_, seq=seq,
-                        confidence=confidence, num_samples=samples, kind="delta",
-                        base_version=base_version,
-                        metrics={"train_loss": sum(recent) / max(len(recent), 1)})
+        update = self.sender.message(
+            d, TensorSet(self.buffers, "buffer"), round=round_, seq=seq,
+            confidence=confidence, num_samples=samples, kind="delta", base_version=base_version,
+            metrics={"train_loss": sum(recent) / max(len(recent), 1)})
         body = serialize_update(update)
-        return Proposal(update, d.reason, score, 8 * len(body), d.snapshot, body)
+        return Proposal(update, d.reason, d.innovation, 8 * len(body), d, body)
+
+    def commit(self, proposal: Proposal) -> None:
+        """The coordinator accepted the upload: policy, last-sent and pending move on."""
+        if proposal.decision is not None:
+            self.sender.commit(proposal.decision)
 
     def rollback(self, proposal: Proposal) -> None:
         """Undo an upload that did not happen: encoder, policy and last-sent go back."""
-        if proposal.snapshot is None:
-            return
-        self.node.rollback(proposal.snapshot)
-        proposal.snapshot = None
+        if proposal.decision is not None:
+            self.sender.rollback(proposal.decision)
+            proposal.decision = None

@@ -1,0 +1,13 @@
+"""How a contribution leaves a node and arrives: Sender, Receiver, TensorSet, Transport.
+
+Every runtime moves tensors through these: the simulator over `MemoryTransport`, the service's
+workers over `HttpTransport` (exchange/http.py, imported on demand: it needs httpx).
+"""
+
+from .receiver import Arrival, Layout, Receiver, Rejected
+from .sender import Proposal, Sender
+from .tensorset import ROLES, TensorSet, from_wire_name, layout_of, wire_name
+from .transport import MemoryTransport, Transport
+
+__all__ = ["Arrival", "Layout", "MemoryTransport", "Proposal", "ROLES", "Receiver", "Rejected",
+           "Sender", "TensorSet", "Transport", "from_wire_name", "layout_of", "wire_name"]

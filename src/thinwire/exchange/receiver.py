@@ -1,0 +1,124 @@
+"""Receiver: how a contribution arrives: parse, check against the expected layout, decode.
+
+One `Decoder` per peer (differential codecs keep state per sender). Decoding is all or
+nothing: if any tensor fails (codec error, non-finite values), the peer's decoder state is
+restored and nothing is returned, so a rejected message changes nothing. `Arrival.undo`
+restores it later too (e.g. when the message cannot be journaled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..codecs import Decoder, make_codec
+from ..errors import CodecError, ThinwireError, WireError
+from ..wire import Update, WireLimits, parse_update
+from .tensorset import DEFAULT_ROLE, TensorSet
+
+Layout = dict[str, tuple[tuple[int, ...], str]]  # wire name -> (shape, role)
+REQUIRED_ROLES = (DEFAULT_ROLE,)  # other roles (buffers) may be left out
+
+
+class Rejected(ThinwireError):
+    """A message this receiver refuses; the text says what was wrong and how to fix it."""
+
+
+@dataclass
+class Arrival:
+    update: Update
+    tensors: TensorSet
+    nbytes: int
+    receiver: "Receiver"
+    before: dict | None = None
+
+    def undo(self) -> None:
+        """Restore the sender's decoder state to what it was before this arrival."""
+        self.receiver.restore(self.update.node_id, self.before)
+
+
+class Receiver:
+    def __init__(self, layout: Layout | None = None, codec: str | None = None,
+                 limits: WireLimits | None = None) -> None:
+        """`layout`: the tensors every message must carry; `codec`: the spec params must use
+        (other roles are lossless); both optional (the simulator trusts its own nodes)."""
+        self.layout = layout
+        self.codec_name = make_codec(codec).name if codec else None
+        self.limits = limits or WireLimits()
+        self.decoders: dict[str, Decoder] = {}
+
+    def receive(self, body: bytes, peer: str | None = None) -> Arrival:
+        update = self.parse(body)
+        if peer is not None and update.node_id != peer:
+            raise Rejected(f"message from {peer!r} names node {update.node_id!r}")
+        self.check(update)
+        return self.decode(update, len(body))
+
+    def parse(self, body: bytes) -> Update:
+        try:
+            return parse_update(body, self.limits)
+        except WireError as exc:
+            raise Rejected(f"malformed update: {exc}") from None
+
+    def check(self, update: Update) -> None:
+        """Names must be exactly the layout's required tensors (plus optional other roles);
+        shapes must match; params must use the expected codec, other roles `none`."""
+        if self.layout is None:
+            return
+        names = [t.name for t in update.tensors]
+        if len(set(names)) != len(names):
+            raise Rejected("update names a tensor twice; send each parameter once")
+        required = {n for n, (_, role) in self.layout.items() if role in REQUIRED_ROLES}
+        missing, unknown = sorted(required - set(names)), sorted(set(names) - set(self.layout))
+        if missing or unknown:
+            raise Rejected(f"update tensors do not match the model: missing {missing[:5]}, "
+                           f"unknown {unknown[:5]}; pull the model again and train on it")
+        for t in update.tensors:
+            shape, role = self.layout[t.name]
+            if tuple(t.shape) != shape:
+                raise Rejected(f"tensor '{t.name}' has shape {list(t.shape)[:8]} but the model "
+                               f"has {list(shape)}")
+            want = self.codec_name if role == DEFAULT_ROLE else "none"
+            if want is not None and t.codec != want:
+                raise Rejected(f"tensor '{t.name}' is encoded with '{t.codec}' but this "
+                               f"receiver expects '{want}' (mode/codec in its config)")
+
+    def decode(self, update: Update, nbytes: int = 0) -> Arrival:
+        decoder = self.decoders.setdefault(update.node_id, Decoder())
+        before = decoder.state_dict() if decoder.state.slots else None
+        try:
+            out = {t.name: decoder.decode(t).float() for t in update.tensors}
+            bad = [n for n, v in out.items() if v.numel() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise Rejected(f"update decodes to non-finite values in {bad[:5]}; check the "
+                               "sender's learning rate / loss")
+        except (CodecError, WireError) as exc:
+            self.restore(update.node_id, before)
+            raise Rejected(f"update cannot be decoded: {exc}") from None
+        except BaseException:
+            self.restore(update.node_id, before)
+            raise
+        return Arrival(update, TensorSet.from_wire(out), nbytes, self, before)
+
+    def restore(self, peer: str, before: dict | None) -> None:
+        decoder = self.decoders.setdefault(peer, Decoder())
+        if before is None:
+            decoder.state.reset()
+        else:
+            decoder.load_state_dict(before)
+
+    def forget(self, peer: str) -> None:
+        """A peer re-registered with a new session: its differential state starts over."""
+        self.decoders.pop(peer, None)
+
+    def state_dict(self) -> dict:
+        return {peer: d.state_dict() for peer, d in self.decoders.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decoders = {}
+        for peer, s in state.items():
+            self.decoders[peer] = Decoder()
+            self.decoders[peer].load_state_dict(s)
+
+
