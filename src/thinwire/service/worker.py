@@ -202,7 +202,7 @@ class Worker:
             if sync:
                 delta, n, conf = self.learner.train(steps=self.conf["local_steps"])
             else:
-                delta, n, conf = self.learner.train(seconds=self.args.sync_interval)
+                delta, n, conf = self.learner.train(seconds=self.args.sync_seconds)
             self.seq += 1
             proposal = self.learner.propose(delta, meta["round"] if sync else meta["version"],
                                             self.seq, meta["version"], n, conf)
@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=0.0, help="stop after SEC seconds")
     p.add_argument("--speed-factor", type=float, default=1.0,
                    help="emulate a device F times slower (sleeps after each step)")
-    p.add_argument("--sync-interval", type=float, default=2.0,
-                   help="async schedule: seconds of local training between pushes")
+    p.add_argument("--sync-seconds", "--sync-interval", dest="sync_seconds", type=float,
+                   default=2.0, help="async schedule: seconds of local training between "
+                   "pushes (--sync-interval: old name; the policy's sync_interval is steps)")
     p.add_argument("--retry-for", type=float, default=120.0,
                    help="give up after the coordinator is unreachable this long")
     p.add_argument("--specialty", default="")
