@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def user_task(train: Any, test: Any, keys: dict[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def model_name(model: Any):
+def model_name(model: Any) -> Iterator[str | None]:
     """The config's `model` for `model`: a name as is, a factory registered for the run."""
     if model is None or isinstance(model, str):
         yield model
