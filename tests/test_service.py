@@ -268,7 +268,7 @@ def test_top_k_selection_over_http(tmp_path, services):
 def test_async_schedule_with_real_workers(tmp_path, services):
     svc = services(tmp_path, ["total_workers=2", "max_rounds=3", "schedule=async", "mode=bin"])
     for i in range(2):
-        svc.worker(f"worker-{i}", "--sync-interval", "0.2")
+        svc.worker(f"worker-{i}", "--sync-seconds", "0.2")
     status = svc.wait(lambda s: s["done"] and len(s["accuracy_history"]) == 3)
     assert status["applied_updates"] >= 6 and status["version"] == status["applied_updates"]
     assert status["accuracy_history"][-1]["test_accuracy"] > 0.5

@@ -9,59 +9,25 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from .config import add_config_flags, config_flags
 from .errors import ThinwireError, run_main
 
-RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--task", {"help": "mnist | cifar10 | synthetic (default mnist)"}),
-    ("--data-dir", {"type": Path, "help": "dataset folder; default: embedded 5k MNIST digits"}),
-    ("--download", {"action": "store_true", "default": None, "help": "fetch the dataset"}),
-    ("--model", {"help": "mnist_cnn | mlp | resnet_cifar (default: the task's)"}),
-    ("--nodes", {"type": int, "help": "number of nodes (default 4)"}),
-    ("--split", {"help": "iid | dirichlet:ALPHA | shards:K (default iid)"}),
-    ("--mode", {"help": "sync (data-parallel SGD) | fedavg (local steps + deltas)"}),
-    ("--local-steps", {"type": int, "help": "fedavg local steps per round (default 5)"}),
-    ("--error-feedback", {"action": "store_true", "default": None,
-                          "help": "wrap lossy codecs in error feedback"}),
-    ("--down-codec", {"help": "codec for the aggregator's broadcast (default none)"}),
-    ("--policy", {"help": "always | every:K | trigger | laq (default always)"}),
-    ("--skipped", {"help": "reuse | drop | accumulate: what happens to a skipped update "
-                           "(accumulate: the node sends it later, added to the next)"}),
-    ("--weight", {"help": "samples | uniform | confidence"}),
-    ("--epochs", {"type": int}), ("--batch-size", {"type": int, "help": "per node"}),
-    ("--lr", {"type": float}), ("--momentum", {"type": float}), ("--seed", {"type": int}),
-    ("--lr-schedule", {"help": "constant (default) | step (x lr_gamma at lr_milestones, "
-                               "default the last epoch) | cosine"}),
-    ("--lr-warmup", {"type": int, "help": "steps of linear lr warm-up (default 0)"}),
-    ("--pack", {"action": "store_true", "default": None,
-                "help": "send all tensors as one flat payload (global top-k, less metadata)"}),
-    ("--threads", {"type": int, "help": "torch intra-op threads (default: torch's)"}),
-    ("--bandwidth", {"help": "per-node link, e.g. 10gbit (default), 100mbit, or a list"}),
-    ("--downlink", {"help": "downlink bandwidth if different"}),
-    ("--latency-ms", {"type": float}),
-    ("--topology", {"help": "star | ring"}),
-    ("--out", {"type": Path, "help": "output folder (default runs/)"}),
-    ("--checkpoint-every", {"type": int, "help": "epochs between checkpoints (default 5)"}),
-    ("--resume", {"action": "store_true", "default": None}),
-    ("--max-steps", {"type": int}),
-    ("--run-name", {}),
-]
+# Every config key of the simulator is a flag (generated from RunConfig). compare sweeps
+# codecs (--codecs) and adds the baseline itself (--centralized); --policy and --seed are
+# what --policies and --seeds default to.
+COMPARE_OWN = ("codec", "centralized")
 
 
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, help="YAML/JSON config file")
+def add_run_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    from .sim.config import RunConfig
+
+    p.add_argument("-c", "--config", type=Path, help="YAML/JSON config file (examples/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. communication.sync_interval=3")
-    for flag, kwargs in RUN_FLAGS:
-        p.add_argument(flag, **kwargs)
     p.add_argument("--json", action="store_true", help="print result rows as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def flags_of(args: argparse.Namespace) -> dict[str, Any]:
-    names = [f[2:].replace("-", "_") for f, _ in RUN_FLAGS]
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    add_config_flags(p, RunConfig, exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,15 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one simulated experiment")
     add_run_flags(run)
-    run.add_argument("--codec", help="codec spec, e.g. 'topk(ratio=0.01)+int8'")
-    run.add_argument("--centralized", action="store_true", default=None,
-                     help="one node, all data, no communication (the baseline)")
     cmp = sub.add_parser("compare", help="several codecs/policies x seeds, table and plots")
-    add_run_flags(cmp)
+    add_run_flags(cmp, COMPARE_OWN)
     cmp.add_argument("--codecs", default="none,int8",
                      help="comma list; commas inside parentheses belong to the codec")
-    cmp.add_argument("--policies", default="always", help="comma list of policies")
-    cmp.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
+    cmp.add_argument("--policies", help="comma list of policies (default: the policy key)")
+    cmp.add_argument("--seeds", help="comma list, e.g. 0,1,2 (default: the seed key)")
     cmp.add_argument("--centralized", action="store_true", help="add the centralized baseline")
     demo = sub.add_parser("demo", help="the main job: 4-node MNIST compare (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -99,11 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sim.config import build_config
     from .sim.experiment import run_experiment
 
-    flags = flags_of(args)
-    for key in ("codec", "centralized"):
-        if getattr(args, key) is not None:
-            flags[key] = getattr(args, key)
-    cfg = build_config(args.config, flags, args.set)
+    cfg = build_config(args.config, config_flags(args), args.set)
     row = run_experiment(cfg, progress=not args.no_progress)
     if args.json:
         print(json.dumps({k: v for k, v in row.items() if k != "history"}))
@@ -120,12 +79,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .sim.compare import plan, run_compare
     from .sim.config import build_config
 
-    base = build_config(args.config, flags_of(args), args.set).model_dump(
-        exclude={"codec", "policy", "seed", "centralized"})
+    cfg = build_config(args.config, config_flags(args), args.set)
+    base = cfg.model_dump(exclude={"codec", "policy", "seed", "centralized"})
     codecs = [c.strip() for c in split_top_level(args.codecs, ",") if c.strip()]
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = [p.strip() for p in (args.policies or cfg.policy).split(",") if p.strip()]
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in (args.seeds or str(cfg.seed)).split(",")]
     except ValueError:
         raise ThinwireError(f"--seeds {args.seeds!r}: use a comma list of integers") from None
     configs = plan(base, codecs, policies, seeds, args.centralized)

@@ -39,7 +39,7 @@ class Coordinator(RoundLogic):
     def __init__(self, cfg: FLQConfig, state_dir: Path | str, log: Log | None = None,
                  task: Task | None = None) -> None:
         self.cfg, self.log = cfg, log or (lambda s: None)
-        self.task = task or load_task(cfg.task, cfg.data_dir, **cfg.task_args)
+        self.task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model or self.task.model, self.task.num_classes,
                             self.task.in_shape)

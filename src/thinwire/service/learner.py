@@ -48,7 +48,7 @@ def make_policy(conf: dict[str, Any], history: ModelDiffHistory):
     if not conf["lazy"]:
         return Always()
     return LAQRule(history, alpha=1.0, workers=1, depth=conf["depth"],
-                   xi=conf.get("xi"), t_bar=conf["clock"], thr_scale=conf["thr_scale"],
+                   xi=conf.get("xi"), t_bar=conf["t_bar"], thr_scale=conf["thr_scale"],
                    warmup=conf["warmup"])
 
 

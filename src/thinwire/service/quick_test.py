@@ -1,6 +1,6 @@
 """`thinwire quick-test`: a coordinator and N workers as separate processes on 127.0.0.1.
 
-    python -m thinwire.service.quick_test [--workers 2] [--rounds 15] [--mode fedavg] [--json]
+    python -m thinwire.service.quick_test [--workers 2] [--rounds 15] [--preset fedavg] [--json]
 
 Runs N rounds on the embedded MNIST subset (or --config / --set), prints the coordinator's
 progress, then a summary table; `--json` prints the final round row (test_accuracy, rounds,
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--mode", help="fedavg | laq8 | bbit | bin (default: config's, fedavg)")
+    p.add_argument("--preset", "--mode", dest="preset",
+                   help="fedavg | laq8 | bbit | bin (default: config's, fedavg)")
     p.add_argument("--config", type=Path, help="flq_config JSON/YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--state-dir", type=Path, help="default: a temporary folder")
@@ -93,8 +94,8 @@ def quick_test_main(argv: list[str] | None = None) -> int:
     port, token = free_port(), secrets.token_hex(12)
     url = f"http://127.0.0.1:{port}"
     sets = [f"total_workers={args.workers}", f"max_rounds={args.rounds}", *args.set]
-    if args.mode:
-        sets.append(f"mode={args.mode}")
+    if args.preset:
+        sets.append(f"preset={args.preset}")
     coord_args = ["--port", str(port), "--state-dir", str(args.state_dir)]
     if args.config:
         coord_args += ["--config", str(args.config)]

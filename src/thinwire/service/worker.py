@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulate a device F times slower (sleeps after each step)")
     p.add_argument("--sync-seconds", "--sync-interval", dest="sync_seconds", type=float,
                    default=2.0, help="async schedule: seconds of local training between "
-                                     "pushes (--sync-interval: the seed's spelling)")
+                                     "pushes (--sync-interval: old name; the policy's "
+                                     "sync_interval is steps)")
     p.add_argument("--retry-for", type=float, default=120.0,
                    help="give up after the coordinator is unreachable this long")
     p.add_argument("--specialty", default="")

@@ -76,9 +76,15 @@ SYNTHETIC_OPTIONS = ("n_samples", "num_classes", "dim", "seed", "separation", "t
 def load_task(name: str, data_dir: Path | str | None = None, download: bool = False,
               **options: Any) -> Task:
     """Load `mnist`, `cifar10` (from `data_dir`, optionally downloading) or `synthetic`
-    (generated; `options` are its n_samples, num_classes, dim, seed, separation, test_fraction)."""
+    (generated; `options` are its n_samples, num_classes, dim, seed, separation, test_fraction),
+    or your own `pkg.module:factory` (tasks/user.py; `options` are its keyword arguments)."""
+    if name not in TASKS and ":" in name:
+        from .user import task_from_path
+
+        return task_from_path(name, **options)
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}, "
+                          "or pkg.module:factory")
     if name == "synthetic":
         unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
         if unknown:

@@ -133,9 +133,15 @@ MODELS: dict[str, ModelFactory] = {
 
 
 def build_model(name: str, num_classes: int, in_shape: Sequence[int]) -> nn.Module:
-    """Instantiate a registered model for `num_classes` outputs and inputs of `in_shape`."""
+    """Instantiate a registered model (or a `pkg.module:factory`, see tasks/user.py) for
+    `num_classes` outputs and inputs of `in_shape`."""
+    if name not in MODELS and ":" in name:
+        from .user import model_from_path
+
+        return model_from_path(name, num_classes, in_shape)
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}"
+                          ", or pkg.module:factory")
     if num_classes < 2:
         raise ConfigError(f"{name}: num_classes must be >= 2, got {num_classes}")
     return MODELS[name](num_classes, tuple(in_shape))
