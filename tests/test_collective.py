@@ -294,7 +294,7 @@ def test_nan_on_one_rank_reaches_every_rank_without_hanging(ddp_runs, spec):
 
 # ---- FSDP ---------------------------------------------------------------------------------
 def _tiny_gpt2():
-    from thinwire.collective.lm import build_model, gpt2_config
+    from thinwire.tasks.lm import build_model, gpt2_config
 
     return build_model(gpt2_config("tiny", 64, 32, 0, n_positions=32), seed=0)
 
@@ -307,7 +307,7 @@ def _local_grads(model) -> torch.Tensor:
 
 def _fsdp_model(version: int, spec: str | None):
     from thinwire.collective import register_fsdp1_hook, register_fsdp2
-    from thinwire.collective.lm import block_class
+    from thinwire.tasks.lm import block_class
 
     model = _tiny_gpt2()
     opts = {"start_iter": 0, "min_compression_rate": 0}
