@@ -17,8 +17,8 @@ import torch.distributed as dist
 from thinwire.codecs import REGISTRY, ErrorFeedback, build
 from thinwire.codecs.base import Codec
 from thinwire.collective import comm_hook
-from thinwire.collective.communicators import (DENSE, AllReduce, Gather, Linear, PowerSGD,
-                                               SharedInt8, communicator_for)
+from thinwire.collective.communicators import (AllReduce, Gather, Linear, PowerSGD, SharedInt8,
+                                               communicator_for)
 from thinwire.collective.fsdp import check_fsdp, reduce_scatter
 from thinwire.collective.runtime import free_port
 from thinwire.collective.state import CommHookState
