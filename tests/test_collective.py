@@ -20,7 +20,8 @@ from thinwire.codecs import Decoder, Encoder, build, make_codec
 from thinwire.codecs.payload import Payload
 from thinwire.collective.packing import buffers_of, pack, unpack, with_buffers
 from thinwire.collective.runtime import free_port
-from thinwire.collective.state import CommHookState, choose_path, offset_seeds
+from thinwire.collective.communicators import communicator_for, offset_seeds
+from thinwire.collective.state import CommHookState
 from thinwire.errors import CodecError
 
 DDP_CASES = {name: (spec, {}) for name, spec in EXAMPLES.items()}
@@ -144,7 +145,7 @@ def ddp_runs(tmp_path_factory):
 def _reference(spec: str, opts: dict, name: str, xs: list[torch.Tensor]) -> torch.Tensor | None:
     """What the hook must return for bucket inputs xs (one per rank), from the codec alone."""
     codec = build(spec)
-    path = choose_path(codec, opts.get("int8_mode", "shared"), 2)
+    path = communicator_for(codec, opts.get("int8_mode", "shared"), 2).path
     vs = [x / 2 for x in xs]
     if path == "gather":
         return sum(Decoder().decode(Encoder(make_codec(offset_seeds(codec, r),
@@ -293,7 +294,7 @@ def test_nan_on_one_rank_reaches_every_rank_without_hanging(ddp_runs, spec):
 
 # ---- FSDP ---------------------------------------------------------------------------------
 def _tiny_gpt2():
-    from thinwire.collective.lm import build_model, gpt2_config
+    from thinwire.tasks.lm import build_model, gpt2_config
 
     return build_model(gpt2_config("tiny", 64, 32, 0, n_positions=32), seed=0)
 
@@ -306,7 +307,7 @@ def _local_grads(model) -> torch.Tensor:
 
 def _fsdp_model(version: int, spec: str | None):
     from thinwire.collective import register_fsdp1_hook, register_fsdp2
-    from thinwire.collective.lm import block_class
+    from thinwire.tasks.lm import block_class
 
     model = _tiny_gpt2()
     opts = {"start_iter": 0, "min_compression_rate": 0}

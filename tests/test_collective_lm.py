@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinwire.collective import data as data_mod
+from thinwire.tasks.lm import text as data_mod
 from thinwire.collective.metrics import EXTENDED, REQUIRED
 
 TEXT = Path("/work/shared/data/text/input.txt")
@@ -33,7 +33,7 @@ def small_text(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer(small_text):
-    from thinwire.collective.tokenizer import train_tokenizer
+    from thinwire.tasks.lm import train_tokenizer
 
     return train_tokenizer(data_mod.iter_documents(small_text), 300)
 
@@ -139,7 +139,7 @@ def test_profile_tensorboard_and_checkpoint_are_written(lm_run):
 def test_validate_ppl_is_exp_of_the_mean_token_loss(lm_run, capsys):
     from transformers import GPT2LMHeadModel
 
-    from thinwire.collective.tokenizer import load_tokenizer
+    from thinwire.tasks.lm import load_tokenizer
     from thinwire.collective.validate import validate_main
 
     out, text, _ = lm_run

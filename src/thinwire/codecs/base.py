@@ -35,6 +35,10 @@ class Codec:
     lossy: ClassVar[bool] = True
     unbiased: ClassVar[bool] = False
     linear: ClassVar[bool] = False       # sum of payloads decodes to the sum of inputs
+    sparse: ClassVar[bool] = False       # indices in buffers[0], values in parts[0]
+    own_feedback: ClassVar[bool] = False  # keeps its own residual: never wrap in ErrorFeedback
+    low_rank: ClassVar[bool] = False     # factors; linear in a two-round collective form
+    shared_scale: ClassVar[bool] = False  # codes on a grid all ranks agree on sum as integers
     wants_error_feedback: ClassVar[bool] = False
     takes_inner: ClassVar[bool] = False  # may be followed by a value codec with '+'
     checks_finite: ClassVar[bool] = False  # _encode detects NaN/Inf itself (saves a pass)

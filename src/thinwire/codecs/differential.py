@@ -56,7 +56,6 @@ class Differential(Codec):
     (`spans`): one pass for the statistic, one to quantize and update ref in place."""
 
     checks_finite = True
-    own_feedback = False
     bits = 1
 
     def _stateful(self) -> bool:

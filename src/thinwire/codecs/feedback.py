@@ -32,14 +32,23 @@ class ErrorFeedback:
     def __repr__(self) -> str:
         return f"<codec {self.spec()} with error feedback>"
 
-    def roundtrip(self, x: torch.Tensor, state: Slot, name: str = "") -> tuple[Payload, torch.Tensor]:
-        check_input(self.name, x, name, check_finite=not self.inner.checks_finite)
+    def compensate(self, x: torch.Tensor, state: Slot) -> torch.Tensor:
+        """v = x + residual (fp32): what to compress this step. Split from `absorb` so
+        compressors that need a collective in the middle (shared scales, two-round PowerSGD)
+        keep the same memory."""
         residual = state.get("residual")
         v = x.detach().float()
-        if residual is not None:
-            v = v + residual
-        payload, recon = self.inner._roundtrip(v, state.setdefault("inner", {}))
+        return v + residual if residual is not None else v
+
+    def absorb(self, state: Slot, v: torch.Tensor, recon: torch.Tensor) -> None:
+        """Remember what the receiver did not get: residual = v - recon."""
         state["residual"] = v - recon.float()
+
+    def roundtrip(self, x: torch.Tensor, state: Slot, name: str = "") -> tuple[Payload, torch.Tensor]:
+        check_input(self.name, x, name, check_finite=not self.inner.checks_finite)
+        v = self.compensate(x, state)
+        payload, recon = self.inner._roundtrip(v, state.setdefault("inner", {}))
+        self.absorb(state, v, recon)
         payload.dtype = x.dtype
         payload.name = name
         return payload, recon.to(x.dtype)

@@ -47,6 +47,7 @@ class Int8(Codec):
     summary = "symmetric b-bit integers (b=2..8) + one fp32 scale per tensor or per block"
     bytes_per_element = "b/8 (+4/block)"
     unbiased = False  # True with stochastic=true
+    shared_scale = True
     wants_error_feedback = True
     checks_finite = True
     Params = Int8Params

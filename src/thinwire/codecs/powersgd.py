@@ -56,6 +56,7 @@ class PowerSGD(Codec):
     name = "powersgd"
     summary = "rank-r factors P (m x r) and Q (c x r), fp32, one warm-started power iteration"
     bytes_per_element = "4*r*(m+c)/(m*c)"
+    low_rank = True
     wants_error_feedback = True
     checks_finite = True
     Params = PowerSGDParams

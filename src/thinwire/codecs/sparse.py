@@ -141,6 +141,7 @@ class _Sparse(Codec):
     """Indices in buffers[0] (coded by index.py), values in parts[0] (inner codec)."""
 
     takes_inner = True
+    sparse = True
     wants_error_feedback = True
     checks_finite = True
     decode_keys = ("index",)
@@ -263,6 +264,7 @@ class RandomK(_Sparse):
     summary = "k values at seeded random indices (only the seed is sent), scaled n/k"
     bytes_per_element = "~ratio*4"
     unbiased = True  # with unbiased=true (the default)
+    linear = True  # same seed and step on every sender: the indices agree, values add
     wants_error_feedback = False
     Params = RandomKParams
     decode_keys = ("unbiased",)

@@ -1,5 +1,6 @@
 """Collective training on torch.distributed (gloo on CPU, NCCL on GPUs): DDP and FSDP
-communication hooks built from the codec library, and the GPT-2 language-model task
+communication hooks built from the codec library (one communicator per path, `communicators/`),
+and the trainer of the LM task in `thinwire.tasks.lm`
 (`python -m thinwire.collective.train_lm`, under torchrun or as a single process).
 """
 

@@ -15,8 +15,7 @@ from typing import Any, TextIO
 import torch
 
 from ..errors import ConfigError, ThinwireError
-from .lm import load_model
-from .tokenizer import load_tokenizer
+from ..tasks.lm import load_model, load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,7 +132,3 @@ def comm_fields(metrics: RunMetrics, step_ms_total: float, raw_per_step: int,
         "pad_bytes": int(a.get("pad_bytes", 0)),
         "density": a["elements_sent"] / elements if elements else 1.0,
     }
-
-
-def missing_fields(row: dict[str, Any]) -> list[str]:
-    return [k for k in (*REQUIRED, *EXTENDED) if k not in row]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..codecs.payload import CODE_DTYPES, DTYPE_CODES, Payload
+from ..codecs.registry import REGISTRY
 from ..errors import CodecError
 
 ALIGN = 8
@@ -148,16 +149,22 @@ def _link(built: list[Payload], n_parts: list[int]) -> Payload:
 
 
 # ---- payload facts used by the metrics ----------------------------------------------------
+def _sparse(payload: Payload) -> bool:
+    """Indices in the node's buffers, values in its one part (the codec declares `sparse`)."""
+    codec = REGISTRY.get(payload.codec)
+    return bool(payload.parts) and codec is not None and codec.sparse
+
+
 def index_bytes(payload: Payload) -> int:
     """Bytes of a sparsifier's own buffers (indices/bitmap), excluding its value part."""
-    if payload.parts and payload.codec in ("topk", "thresholdv", "dgc", "randomk"):
+    if _sparse(payload):
         return sum(b.numel() * b.element_size() for b in payload.buffers)
     return 0
 
 
 def sent_elements(payload: Payload) -> int:
     """Values actually sent: the value part's size for sparsifiers, else every element."""
-    if payload.parts and payload.codec in ("topk", "thresholdv", "dgc", "randomk"):
+    if _sparse(payload):
         return payload.parts[0].numel
     return payload.numel
 

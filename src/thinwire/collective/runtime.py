@@ -1,4 +1,4 @@
-"""Process-group setup, model wrapping (DDP / FSDP1 / FSDP2 + hooks), evaluation, checkpoints.
+"""Process-group setup, model wrapping (DDP / FSDP1 / FSDP2 + hooks), checkpoints.
 
 Without torchrun (no RANK in the environment) the process joins a gloo group of one on a free
 127.0.0.1 port, so the same code path (hooks included) runs single-process.
@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
 from .state import CommHookState
 
 
@@ -60,7 +59,7 @@ def wrap_model(model: torch.nn.Module, args: Any, ctx: Dist
     """DDP or FSDP around `model`, with the compression hook unless --comm-compress none."""
     from .fsdp import register_fsdp1_hook, register_fsdp2
     from .hooks import register_ddp_hook
-    from .lm import block_class
+    from ..tasks.lm import block_class
 
     spec = args.comm_compress
     hooked = spec.strip() != "none" or args.comm_config or args.hook_baseline
@@ -102,35 +101,6 @@ def clip_and_check(model: torch.nn.Module, args: Any) -> bool:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return bool(torch.isfinite(torch.as_tensor(norm)).all())
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int, ctx: Dist,
-             max_batches: int = 0) -> tuple[float, float]:
-    """(mean token loss, ppl) over `blocks`, split evenly across ranks (every rank runs the
-    same number of forwards, as FSDP requires)."""
-    from .lm import token_losses
-
-    per_rank = blocks.size(0) // ctx.world if ctx.world > 1 else blocks.size(0)
-    if per_rank < 1:
-        raise ConfigError(f"{blocks.size(0)} validation blocks for {ctx.world} ranks")
-    mine = blocks[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
-    if max_batches:
-        mine = mine[: max_batches * batch_size]
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
-    for start in range(0, mine.size(0), batch_size):
-        ids = mine[start:start + batch_size].to(ctx.device)
-        losses = token_losses(model, ids)
-        total += torch.stack([losses.double().sum(), torch.tensor(losses.numel(),
-                                                                 dtype=torch.float64,
-                                                                 device=ctx.device)])
-    if ctx.world > 1:
-        dist.all_reduce(total)
-    model.train(was_training)
-    loss = float(total[0] / total[1])
-    return loss, math.exp(min(loss, 700.0))
 
 
 def save_checkpoint(model: torch.nn.Module, raw: torch.nn.Module, tok: Any, folder: Path,

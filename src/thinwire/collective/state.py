@@ -1,6 +1,7 @@
 """The state a compression hook carries between calls (like torch's PowerSGDState).
 
-One `CommHookState` per process group and model: the codec, one Encoder whose slots are keyed by
+One `CommHookState` per process group and model: the codec, the communicator chosen for it
+(`communicators.communicator_for`), one Encoder whose slots are keyed by
 bucket (DDP) or FSDP unit/chunk (error-feedback residuals, warm starts, step counters), one
 Decoder per source rank (stateful decoders such as laq/bbit/bin), the iteration counter behind
 `start_iter` (uncompressed warm-up steps), the per-bucket `min_compression_rate` decisions and
@@ -15,43 +16,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..codecs import Decoder, Encoder, build, make_codec
+from ..codecs import Decoder, Encoder, ErrorFeedback, build, make_codec
 from ..codecs.base import Codec
-from ..errors import CodecError, ConfigError
+from ..errors import ConfigError
 from .comm import CommStats
-from .packing import buffers_of
-
-PATHS = ("allreduce", "linear", "int8_shared", "powersgd", "gather")
-
-
-def is_linear(codec: Codec) -> bool:
-    """Summing payload buffers decodes to the sum: dense casts, sketch, randomk (shared seed)."""
-    if codec.name == "randomk":
-        return codec.inner is None or is_linear(codec.inner)
-    return bool(codec.linear) and codec.inner is None
-
-
-def choose_path(codec: Codec, int8_mode: str, world: int) -> str:
-    if codec.name == "none" and codec.inner is None:
-        return "allreduce"
-    if codec.name == "powersgd":
-        return "powersgd"
-    if codec.name == "int8" and int8_mode == "shared":
-        if (2 ** (codec.params.num_bits - 1) - 1) // world < 1:
-            raise ConfigError(f"int8 with a shared scale needs world size <= "
-                              f"{2 ** (codec.params.num_bits - 1) - 1} (headroom for the int8 "
-                              "sum); use int8_mode='per-rank'")
-        return "int8_shared"
-    return "linear" if is_linear(codec) else "gather"
-
-
-def offset_seeds(codec: Codec, offset: int) -> Codec:
-    """A copy whose stochastic stages use seed+offset: independent rounding noise per rank."""
-    inner = offset_seeds(codec.inner, offset) if codec.inner is not None else None
-    params = codec.params
-    if "seed" in type(params).model_fields and offset:
-        params = params.model_copy(update={"seed": params.seed + offset})
-    return type(codec)(params, inner)
+from .communicators import communicator_for, offset_seeds
 
 
 class CommHookState:
@@ -60,16 +29,14 @@ class CommHookState:
     def __init__(self, spec: str | Codec = "none", config: dict[str, Any] | None = None, *,
                  error_feedback: bool = False, process_group: Any = None, start_iter: int = 1,
                  min_compression_rate: float = 2.0, int8_mode: str = "shared") -> None:
-        if int8_mode not in ("shared", "per-rank"):
-            raise ConfigError(f"int8_mode must be 'shared' or 'per-rank', got {int8_mode!r}")
         if start_iter < 0 or min_compression_rate < 0:
             raise ConfigError("start_iter and min_compression_rate must be >= 0")
         self.group = process_group
         self.world = dist.get_world_size(process_group) if dist.is_initialized() else 1
         self.rank = dist.get_rank(process_group) if dist.is_initialized() else 0
         self.codec = build(spec, config)
-        self.path = choose_path(self.codec, int8_mode, self.world)
-        base = offset_seeds(self.codec, self.rank) if self.path == "gather" else self.codec
+        self.comm = communicator_for(self.codec, int8_mode, self.world)
+        base = offset_seeds(self.codec, self.rank) if self.comm.per_rank_seeds else self.codec
         self.error_feedback = error_feedback
         self.encoder = Encoder(make_codec(base, error_feedback))
         self.decoders = [Decoder() for _ in range(self.world)]
@@ -82,15 +49,25 @@ class CommHookState:
         self.stats = CommStats()
         self.diagnose = False   # set by the trainer on sampled steps (extra exact all-reduce)
         self.fsdp_calls = 0
-        self._fsdp_fresh = False
 
     @property
     def spec(self) -> str:
         return self.codec.spec()
 
     @property
+    def path(self) -> str:
+        return self.comm.path
+
+    @property
+    def feedback(self) -> ErrorFeedback | None:
+        """The error-feedback memory around the codec (None without, or if the codec keeps
+        its own residual)."""
+        codec = self.encoder.codec
+        return codec if isinstance(codec, ErrorFeedback) else None
+
+    @property
     def compressing(self) -> bool:
-        return self.iter >= self.start_iter and self.path != "allreduce"
+        return self.iter >= self.start_iter and self.comm.compresses
 
     # ---- slots ----------------------------------------------------------------------------
     def slot(self, name: str) -> dict[str, Any]:
@@ -106,31 +83,32 @@ class CommHookState:
                               if not (k == name or k.startswith(name + "."))}
         self.sizes[name] = numel
 
+    def admit(self, name: str, x: torch.Tensor, probe: torch.Tensor | None = None) -> bool:
+        """Count bucket/unit `x` and decide whether it goes compressed (`probe`: the part the
+        codec's size is judged on, default all of x)."""
+        self.track(name, x.numel())
+        self.stats.add(bytes_raw=x.numel() * x.element_size())
+        compress = self.compressing and self.worth_compressing(name, x if probe is None else
+                                                               probe)
+        if compress:  # density is measured over compressed buckets/units
+            self.stats.add(elements=x.numel())
+        return compress
+
     def worth_compressing(self, name: str, x: torch.Tensor) -> bool:
         """Per key, decided once: does the codec shrink it at least `min_compression_rate`x?"""
-        if self.path in ("powersgd", "allreduce"):
-            return self.path == "powersgd"  # powersgd decides per tensor
-        if self.min_compression_rate <= 0:
+        if not self.comm.compresses:
+            return False
+        if self.comm.per_tensor_rate or self.min_compression_rate <= 0:
             return True
         if name not in self.decisions:
             # the trial size can depend on the data (thresholdv): ranks agree through MIN,
             # else one rank would compress while another all-reduces and both would hang
-            flag = torch.tensor([1.0 if self._shrinks(name, x) else 0.0], device=x.device)
+            shrinks = self.comm.shrinks(self, name, x)
+            flag = torch.tensor([1.0 if shrinks else 0.0], device=x.device)
             if self.world > 1:
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
             self.decisions[name] = bool(flag.item() > 0)
         return self.decisions[name]
-
-    def _shrinks(self, name: str, x: torch.Tensor) -> bool:
-        raw = x.numel() * x.element_size()
-        if self.path == "int8_shared":
-            return raw >= self.min_compression_rate * max(x.numel(), 1)
-        try:
-            trial = self.codec.encode(x.detach(), {}, name)
-        except CodecError:  # NaN/Inf: the hook's own path handles it
-            return True
-        sent = sum(b.numel() * b.element_size() for b in buffers_of(trial))
-        return raw >= self.min_compression_rate * max(sent, 1)
 
     def residual_norm(self) -> float:
         """||error-feedback residuals|| over all keys (dgc: its accumulator v)."""

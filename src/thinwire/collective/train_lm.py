@@ -22,13 +22,13 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ThinwireError
-from . import data as data_mod
+from ..tasks.lm import (build_model, count_params, evaluate, gpt2_config, load_tokenizer,
+                        save_tokenizer, train_tokenizer)
+from ..tasks.lm import text as data_mod
 from .comm import diag_summary
-from .lm import build_model, count_params, gpt2_config
 from .metrics import RunMetrics, comm_fields, mem_peak_gb
 from .options import parse_args
-from .runtime import Dist, clip_and_check, evaluate, init_distributed, save_checkpoint, wrap_model
-from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from .runtime import Dist, clip_and_check, init_distributed, save_checkpoint, wrap_model
 
 
 def run_name(args: Any, world: int) -> str:
@@ -63,6 +63,14 @@ def lr_lambda(args: Any):
         progress = (step - args.lr_warmup) / max(1, args.max_steps - args.lr_warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return factor
+
+
+def validation(model: torch.nn.Module, blocks: torch.Tensor, args: Any,
+               ctx: Dist) -> tuple[float, float]:
+    """(loss, ppl) on the held-out blocks, split across the ranks."""
+    score = evaluate(model, blocks, args.batch_size, device=ctx.device, rank=ctx.rank,
+                     world=ctx.world, max_batches=args.eval_batches)
+    return score.loss, score.ppl
 
 
 def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
@@ -131,7 +139,7 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
             log_step(writer, step, loss_value, seconds, sched.get_last_lr()[0], comm, state,
                      args)
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            vl, vp = evaluate(model, val_blocks, args.batch_size, ctx, args.eval_batches)
+            vl, vp = validation(model, val_blocks, args, ctx)
             if writer is not None:
                 writer.add_scalar("val/loss", vl, step)
                 writer.add_scalar("val/ppl", vp, step)
@@ -141,7 +149,7 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
         profiler.__exit__(None, None, None)
         if ctx.rank == 0 and profiler.text:
             print(profiler.text, flush=True)
-    val_loss, val_ppl = evaluate(model, val_blocks, args.batch_size, ctx, args.eval_batches)
+    val_loss, val_ppl = validation(model, val_blocks, args, ctx)
     ddp_ms = ddp_comm_ms(model)
     row = build_row(args, ctx, name, metrics, state, n_params, raw_bytes_per_step, val_loss,
                     val_ppl, time_to_target, ddp_ms)

@@ -3,14 +3,13 @@
 The text is cut into blocks of max_length tokens exactly as for training (same document
 splitting, tokenizer and block cache code); the loss is the token-weighted mean next-token NLL
 over all blocks (`--split val`: only the held-out tail that train_lm validated on), and
-ppl = exp(avg_loss).
+ppl = exp(avg_loss): `thinwire.tasks.lm.evaluate`, the function train_lm validates with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import ThinwireError
-from . import data as data_mod
-from .lm import load_model, token_losses
-from .tokenizer import load_tokenizer
+from ..tasks.lm import evaluate, load_model, load_tokenizer
+from ..tasks.lm import text as data_mod
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,13 +51,8 @@ def validate(model_dir: Path, data: Path, max_length: int = 128, batch_size: int
         blocks = data_mod.split_blocks(blocks, val_fraction)[1]
     if max_batches:
         blocks = blocks[: max_batches * batch_size]
-    total, count = 0.0, 0
-    for start in range(0, blocks.size(0), batch_size):
-        losses = token_losses(model, blocks[start:start + batch_size])
-        total += float(losses.double().sum())
-        count += losses.numel()
-    avg = total / max(count, 1)
-    return {"avg_loss": avg, "ppl": math.exp(min(avg, 700.0)), "tokens": count,
+    score = evaluate(model, blocks, batch_size)
+    return {"avg_loss": score.loss, "ppl": score.ppl, "tokens": score.tokens,
             "blocks": int(blocks.size(0)), "model_dir": str(model_dir), "data": str(data)}
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import DataError
+from ...errors import DataError
 from .tokenizer import tokenizer_hash
 
 META = "meta.json"

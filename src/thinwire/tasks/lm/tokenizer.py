@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 EOS = "<|endoftext|>"
 

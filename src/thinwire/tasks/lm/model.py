@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256},
@@ -74,10 +74,3 @@ def load_model(model_dir: Path | str, device: str = "cpu") -> torch.nn.Module:
     model.loss_type = "ForCausalLM"  # GPT2LMHeadModel: silence the loss-type warning
     return model.to(device).eval()
 
-
-def token_losses(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token NLL of a (batch, length) block: shape (batch, length - 1)."""
-    logits = model(input_ids=ids).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none"
-    ).view(ids.size(0), -1)
