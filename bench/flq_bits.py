@@ -25,7 +25,7 @@ import torch
 from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
 from thinwire.service.learner import Learner
-from thinwire.service.results import evaluate
+from thinwire.tasks.evaluate import evaluate
 from thinwire.service.round_trip import LocalLink, load_model, worker_round
 from thinwire.tasks import Task, build_model, load_task, split_indices
 

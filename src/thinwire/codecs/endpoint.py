@@ -27,7 +27,7 @@ def make_codec(spec: str | dict | list | Codec, error_feedback: bool = False,
     Lossless codecs and codecs with their own residual (dgc, bbit) are left unwrapped.
     """
     codec = build(spec, extra)
-    if error_feedback and codec.lossy and not getattr(codec, "own_feedback", False):
+    if error_feedback and codec.lossy and not codec.own_feedback:
         problem = codec.feedback_problem()
         if problem:
             raise ConfigError(f"error feedback around '{codec.spec()}': {problem}")

@@ -143,7 +143,7 @@ def dequantize_into(codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor)
     return out.copy_(codes.float() * scale.unsqueeze(1))
 
 
-# (blocks, block)-shaped entry points (collective/int8_allreduce.py uses these)
+# (blocks, block)-shaped entry points (collective/communicators/int8.py uses these)
 def quantize_rows(rows: torch.Tensor, inv_scale: torch.Tensor, qmax: int,
                   noise: torch.Tensor | None = None) -> torch.Tensor:
     out = torch.empty(rows.shape, dtype=torch.int8, device=rows.device)

@@ -11,7 +11,7 @@ def codec_table() -> str:
         c = REGISTRY[name]
         if not c.lossy:
             ef = "not needed (lossless)"
-        elif getattr(c, "own_feedback", False):
+        elif c.own_feedback:
             ef = "built in"
         else:
             ef = "recommended" if c.wants_error_feedback else "optional"

@@ -58,7 +58,7 @@ class Sender:
         """Error feedback (wrapper or the codec's own) keeps the quantization error for the
         next upload instead of dropping it, so LAQ's error term does not apply."""
         codec = self.encoder.codec
-        return isinstance(codec, ErrorFeedback) or getattr(codec, "own_feedback", False)
+        return isinstance(codec, ErrorFeedback) or codec.own_feedback
 
     def propose(self, tensors: Tensors, step: int, confidence: float,
                 tentative: bool = False) -> Proposal:

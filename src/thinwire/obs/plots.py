@@ -1,4 +1,5 @@
-"""PNG plots: test accuracy vs epoch and vs cumulative wire bytes (log x)."""
+"""PNG plots, one module for every runtime: test accuracy against progress (epoch or round)
+and against cumulative wire bytes (log x), one colour and marker per configuration."""
 
 from __future__ import annotations
 
@@ -11,35 +12,46 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .results import group_key  # noqa: E402
 
+Point = tuple[float, int, float]  # (epoch or round, cumulative wire bytes, accuracy 0..1)
+
+
+def plot_accuracy(curves: dict[str, list[Point]], path: Path, progress: str = "epoch",
+                  bytes_label: str = "cumulative wire bytes (up + down)") -> Path:
+    """Left: accuracy vs `progress`; right: accuracy vs bytes. A curve that moved no bytes
+    (centralized) is a dashed reference line on the right."""
+    fig, (ax_p, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (label, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        color, marker = f"C{i % 10}", "osD^v<>p*h"[i % 10]
+        acc = [100 * a for _, _, a in points]
+        ax_p.plot([p for p, _, _ in points], acc, marker=marker, color=color, label=label)
+        if points[-1][1]:
+            ax_b.plot([max(b, 1) for _, b, _ in points], acc, marker=marker, color=color)
+        else:
+            ax_b.axhline(acc[-1], color=color, linestyle="--", linewidth=1)
+    ax_p.set(xlabel=progress, ylabel="test accuracy (%)", title=f"accuracy vs {progress}")
+    ax_b.set(xlabel=bytes_label, ylabel="test accuracy (%)", title="accuracy vs bytes",
+             xscale="log")
+    ax_b.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in (ax_p, ax_b):
+        ax.grid(alpha=0.3)
+    ax_p.legend(fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, Path(path))
+
 
 def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, (ax_epoch, ax_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors: dict[str, int] = {}  # one colour + marker per configuration, first seen first
+    """The simulator's runs: per-epoch history of each results row, seeds of one
+    configuration in one colour (the first seed labelled)."""
+    curves: dict[str, list[Point]] = {}
     for row in rows:
         hist = row.get("history") or []
-        if not hist:
-            continue
         label = group_key(row)
-        kwargs = {"label": label} if label not in colors else {}
-        i = colors.setdefault(label, len(colors))
-        color, marker = f"C{i % 10}", "osD^v<>p*h"[i % 10]
-        acc = [100 * h["test_accuracy"] for h in hist]
-        ax_epoch.plot([h["epoch"] for h in hist], acc, marker=marker, color=color, **kwargs)
-        if hist[-1]["bytes_wire_cum"]:
-            ax_bytes.plot([max(h["bytes_wire_cum"], 1) for h in hist], acc, marker=marker,
-                          color=color)
-        else:  # no communication (centralized): its final accuracy as a reference line
-            ax_bytes.axhline(acc[-1], color=color, linestyle="--", linewidth=1)
-    ax_epoch.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy vs epoch")
-    ax_bytes.set(xlabel="cumulative wire bytes (up + down)", ylabel="test accuracy (%)",
-                 title="accuracy vs bytes", xscale="log")
-    ax_bytes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    for ax in (ax_epoch, ax_bytes):
-        ax.grid(alpha=0.3)
-    ax_epoch.legend(fontsize=8)
-    return [save_figure(fig, out_dir / "accuracy.png")]
+        if label in curves:  # another seed of the same configuration
+            label = f"{label} ({row['seed']})"
+        curves[label] = [(h["epoch"], h["bytes_wire_cum"], h["test_accuracy"]) for h in hist]
+    return [plot_accuracy(curves, Path(out_dir) / "accuracy.png")]
 
 
 def save_figure(fig: "plt.Figure", path: Path) -> Path:

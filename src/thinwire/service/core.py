@@ -27,7 +27,8 @@ from ..tasks import Task, build_model, load_task
 from ..wire import Update, WireLimits, serialize_update
 from .config import FLQConfig
 from .admission import ServiceError, check_worker_id
-from .results import counters, evaluate, plot_rounds, progress_line, round_row, write_row
+from ..tasks.evaluate import evaluate
+from .results import counters, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
 from .state import StateStore
 
@@ -255,7 +256,7 @@ class Coordinator(RoundLogic):
             return {
                 "round": self.round, "version": self.version, "done": self.done,
                 "max_rounds": self.cfg.max_rounds, "schedule": self.cfg.schedule,
-                "mode": self.cfg.mode, "codec": self.cfg.upload_codec(),
+                "preset": self.cfg.preset, "codec": self.cfg.upload_codec(),
                 "lazy": self.cfg.is_lazy(), "applied_updates": self.applied,
                 "workers": [{"id": w["id"], "state": w["state"],
                              "last_seen": round(w["last_seen"], 3), "index": w["index"],

@@ -1,8 +1,7 @@
 """Coordinator outputs: test evaluation, results.jsonl round rows, plots, progress lines.
 
-Round rows carry the simulator's result-row keys (see run/experiment.py `result_row`) plus
-round, version, selected, skipped, bits_up and bits_down, so `thinwire compare` readers and
-the same plotting habits apply.
+Round rows are run records (obs/record.py: the common keys and the three compression ratios)
+plus round, version, selected, skipped, bits_up and bits_down.
 """
 
 from __future__ import annotations
@@ -10,23 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
+from ..obs.record import record
 from ..obs.results import append_row, read_rows
-from ..tasks import Task
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task) -> tuple[float, float]:
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, len(task.test_y)
-    for i in range(0, n, 1000):
-        x, y = task.test_x[i:i + 1000], task.test_y[i:i + 1000]
-        out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-    return correct / max(n, 1), loss_sum / max(n, 1)
 
 
 def counters(coord: Any) -> dict[str, Any]:
@@ -35,6 +19,7 @@ def counters(coord: Any) -> dict[str, Any]:
     losses = coord.train_losses[-max(len(coord.workers), 1) * 4:]
     return {"up_wire": t["up_wire"], "down_wire": t["down_wire"], "up_raw": t["up_raw"],
             "down_raw": t["down_raw"], "uploads": t["sent"], "skipped": t["skipped"],
+            "totals": t,
             "samples": coord.samples, "elapsed": coord.elapsed(),
             "train_loss": sum(losses) / len(losses) if losses else None}
 
@@ -42,29 +27,26 @@ def counters(coord: Any) -> dict[str, Any]:
 def round_row(coord: Any, entry: dict[str, Any], c: dict[str, Any], acc: float,
               loss: float) -> dict[str, Any]:
     cfg, rounds = coord.cfg, entry["round"] + 1
-    wire, raw = c["up_wire"] + c["down_wire"], c["up_raw"] + c["down_raw"]
     epochs = c["samples"] / max(len(coord.task.train_y), 1)
-    return {
+    common = {
         "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or coord.task.model,
-        "nodes": cfg.total_workers, "split": cfg.split, "mode": cfg.mode,
+        "nodes": cfg.total_workers, "split": cfg.split, "mode": cfg.preset,
         "codec": coord.codec_name, "codec_config": cfg.upload_codec(),
-        "error_feedback": cfg.error_feedback, "policy": "laq" if cfg.is_lazy() else "always",
-        "seed": cfg.seed, "epochs": epochs, "steps": rounds * cfg.local_steps,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "test_accuracy": acc, "test_loss": loss,
-        "train_loss": c["train_loss"], "bytes_raw_total": raw, "bytes_wire_total": wire,
-        "bytes_up_wire": c["up_wire"], "bytes_down_wire": c["down_wire"],
-        "compression_ratio": c["up_raw"] / c["up_wire"] if c["up_wire"] else None,
-        "compression_ratio_total": raw / wire if wire else None,
-        "uploads": c["uploads"], "skipped_uploads": c["skipped"],
-        "bytes_per_epoch": wire / epochs if epochs else None, "bandwidth": "http",
-        "comm_time_s_sim": 0.0, "compute_time_s": c["elapsed"], "wall_time_s": c["elapsed"],
-        "train_time_s": c["elapsed"],
-        "samples_per_s": c["samples"] / c["elapsed"] if c["elapsed"] else None,
-        "history": [],
-        "round": rounds, "version": entry["version"], "schedule": cfg.schedule,
-        "selected": entry.get("selected", []), "skipped": entry.get("skipped", []),
-        "bits_up": 8 * c["up_wire"], "bits_down": 8 * c["down_wire"],
+        "down_codec": cfg.down_codec, "error_feedback": cfg.error_feedback,
+        "policy": "laq" if cfg.is_lazy() else "always", "seed": cfg.seed,
+        "test_accuracy": acc, "test_loss": loss, "train_loss": c["train_loss"],
     }
+    wire = c["up_wire"] + c["down_wire"]
+    return record(
+        "service", common, c["totals"],
+        epochs=epochs, steps=rounds * cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        bytes_per_epoch=wire / epochs if epochs else None, bandwidth="http",
+        comm_time_s_sim=0.0, compute_time_s=c["elapsed"], wall_time_s=c["elapsed"],
+        train_time_s=c["elapsed"],
+        samples_per_s=c["samples"] / c["elapsed"] if c["elapsed"] else None, history=[],
+        round=rounds, version=entry["version"], schedule=cfg.schedule,
+        selected=entry.get("selected", []), skipped=entry.get("skipped", []),
+        bits_up=8 * c["up_wire"], bits_down=8 * c["down_wire"])
 
 
 def write_row(path: Path, row: dict[str, Any]) -> None:
@@ -72,28 +54,19 @@ def write_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def plot_rounds(results: Path, out_dir: Path) -> Path | None:
-    """accuracy vs rounds and vs cumulative uploaded bits (log x), one line per run name."""
+    """accuracy vs rounds and vs cumulative wire bytes (log x), one line per run name."""
     if not Path(results).exists():
         return None
-    rows = [r for r in read_rows(results) if "round" in r and "bits_up" in r]
+    rows = [r for r in read_rows(results) if "round" in r and "bytes_wire_total" in r]
     if not rows:
         return None
-    from ..obs.plots import plt, save_figure  # matplotlib only when plotting
+    from ..obs.plots import plot_accuracy  # matplotlib only when plotting
 
-    fig, (ax_r, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = sorted({r["run_name"] for r in rows})
-    for i, name in enumerate(names):
-        rs = sorted((r for r in rows if r["run_name"] == name), key=lambda r: r["round"])
-        acc = [100 * r["test_accuracy"] for r in rs]
-        ax_r.plot([r["round"] for r in rs], acc, marker="o", color=f"C{i % 10}", label=name)
-        ax_b.plot([max(r["bits_up"], 1) for r in rs], acc, marker="o", color=f"C{i % 10}")
-    ax_r.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy vs rounds")
-    ax_b.set(xlabel="cumulative uploaded bits", ylabel="test accuracy (%)",
-             title="accuracy vs uploaded bits", xscale="log")
-    for ax in (ax_r, ax_b):
-        ax.grid(alpha=0.3)
-    ax_r.legend(fontsize=8)
-    return save_figure(fig, Path(out_dir) / "accuracy.png")
+    curves = {name: [(r["round"], r["bytes_wire_total"], r["test_accuracy"])
+                     for r in sorted((r for r in rows if r["run_name"] == name),
+                                     key=lambda r: r["round"])]
+              for name in sorted({r["run_name"] for r in rows})}
+    return plot_accuracy(curves, Path(out_dir) / "accuracy.png", progress="round")
 
 
 def progress_line(coord: Any, entry: dict[str, Any], acc: float | None = None) -> str:

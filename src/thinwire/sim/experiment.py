@@ -9,6 +9,9 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from ..obs.events import EventLog
+from ..obs.record import record
+from ..obs.resources import ResourceMonitor
 from ..obs.results import append_row
 from ..tasks import Task, format_histograms, load_task
 from .config import RunConfig
@@ -33,6 +36,8 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
                   f"codec {cfg.codec}, policy {cfg.policy}\n"
                   + format_histograms(sim.histograms))
     steps = sim.steps_per_epoch()
+    events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50))
+    monitor = ResourceMonitor()
     started = time.perf_counter()
     for epoch in range(sim.epoch, cfg.epochs):
         bar = tqdm(range(steps), desc=f"{cfg.name()} epoch {epoch + 1}/{cfg.epochs}",
@@ -42,16 +47,31 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
             sim.sync_step() if cfg.mode == "sync" or cfg.centralized else sim.fedavg_round()
             sim.compute_time += time.perf_counter() - t0
             sim.step += 1
+            step_event(sim, events)
             if cfg.max_steps and sim.step >= cfg.max_steps:
                 break
         finish_epoch(sim, epoch)
+        events.emit("epoch", **sim.records[-1], links=sim.ledger.per_link(),
+                    resources=monitor.sample())
         if cfg.max_steps and sim.step >= cfg.max_steps:
             break
     row = result_row(sim, time.perf_counter() - started)
+    events.emit("end", record={k: v for k, v in row.items() if k != "history"})
+    events.close()
     append_row(cfg.out / "results.jsonl", row)
     sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
               f"uplink ratio={row['compression_ratio'] or 0:.1f}")
     return row
+
+
+def step_event(sim: Simulation, events: EventLog) -> None:
+    if sim.step % events.every:
+        return
+    t = sim.ledger.totals()
+    recent = sim.train_losses[-len(sim.nodes):]
+    events.step(sim.step, train_loss=sum(recent) / max(len(recent), 1), lr=sim.lr(),
+                bytes_up_wire=t["up_wire"], bytes_down_wire=t["down_wire"],
+                uploads=t["sent"], skipped=t["skipped"])
 
 
 def finish_epoch(sim: Simulation, epoch: int) -> None:
@@ -77,29 +97,25 @@ def finish_epoch(sim: Simulation, epoch: int) -> None:
 
 def result_row(sim: Simulation, elapsed: float) -> dict:
     cfg, last = sim.cfg, sim.records[-1]
-    totals = sim.ledger.totals()
-    wire, raw = sim.ledger.wire_total, sim.ledger.raw_total
     epochs = max(len(sim.records), 1)
-    return {
+    common = {
         "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or sim.task.model,
         "nodes": len(sim.nodes), "split": cfg.split if not cfg.centralized else "centralized",
         "mode": "centralized" if cfg.centralized else cfg.mode,
         "codec": "-" if cfg.centralized else sim.senders[0].encoder.codec.name,
         "codec_config": "-" if cfg.centralized else cfg.codec,
+        "down_codec": cfg.down_codec,
         "error_feedback": cfg.error_feedback and not cfg.centralized,
         "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,
-        "epochs": len(sim.records), "steps": sim.step, "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "pack": cfg.pack,
         "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
-        "train_loss": last["train_loss"], "bytes_raw_total": raw, "bytes_wire_total": wire,
-        "bytes_up_wire": totals["up_wire"], "bytes_down_wire": totals["down_wire"],
-        "compression_ratio": (totals["up_raw"] / totals["up_wire"]
-                              if totals["up_wire"] else None),
-        "compression_ratio_total": raw / wire if wire else None,
-        "uploads": totals["sent"], "skipped_uploads": totals["skipped"],
-        "bytes_per_epoch": wire / epochs, "bandwidth": cfg.bandwidth,
-        "comm_time_s_sim": sim.comm_time, "compute_time_s": sim.compute_time,
-        "wall_time_s": sim.comm_time + sim.compute_time, "train_time_s": elapsed,
-        "samples_per_s": sim.samples / sim.compute_time if sim.compute_time else None,
-        "history": sim.records,
+        "train_loss": last["train_loss"],
     }
+    return record(
+        "sim", common, sim.ledger.totals(),
+        epochs=len(sim.records), steps=sim.step, batch_size=cfg.batch_size, lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule, pack=cfg.pack,
+        bytes_per_epoch=sim.ledger.wire_total / epochs, bandwidth=cfg.bandwidth,
+        comm_time_s_sim=sim.comm_time, compute_time_s=sim.compute_time,
+        wall_time_s=sim.comm_time + sim.compute_time, train_time_s=elapsed,
+        samples_per_s=sim.samples / sim.compute_time if sim.compute_time else None,
+        history=sim.records)

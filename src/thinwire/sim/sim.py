@@ -23,6 +23,7 @@ from ..obs.ledger import HUB
 from ..policy import ModelDiffHistory, make_policy
 from ..strategy import Contribution, Strategy, apply_delta
 from ..tasks import Task, build_model, class_histograms, split_indices
+from ..tasks.evaluate import evaluate
 from ..tasks.stream import ShardStream
 from ..wire import Update, serialize_update
 from .batched import VmapGrads
@@ -258,17 +259,8 @@ class Simulation:
         return float(sum(((p.detach() - before[n]) ** 2).sum() for n, p in self.params.items()))
 
     # ---- evaluation --------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        self.model.eval()
-        correct, loss_sum, n = 0, 0.0, len(self.task.test_y)
-        for i in range(0, n, 1000):
-            x, y = self.task.test_x[i:i + 1000], self.task.test_y[i:i + 1000]
-            out = self.model(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-        self.model.train()
-        return correct / max(n, 1), loss_sum / max(n, 1)
+        return evaluate(self.model, self.task)
 
     # ---- checkpoints -------------------------------------------------------------------
     @property

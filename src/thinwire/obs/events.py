@@ -1,0 +1,81 @@
+"""The event stream: one JSON line per step, epoch or round, appended as the run goes.
+
+Every runtime writes the same shape, `{"t": unix time, "run": name, "type": ..., ...}`:
+- `step`: train loss and the bytes that crossed this step, up and down;
+- `epoch` / `round`: test accuracy and loss, cumulative bytes per direction and per link,
+  and a resource sample;
+- `end`: the run record.
+Tables and plots (`read_events`), TensorBoard (`to_tensorboard`) and the live dashboard read
+these files, so a run is observed the same way while it runs and after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+EVENTS_FILE = "events.jsonl"
+
+
+class EventLog:
+    """Appends events to `<dir>/events.jsonl`; `every` thins `step` events on long runs."""
+
+    def __init__(self, folder: Path | str, run: str, every: int = 1) -> None:
+        self.path = Path(folder) / EVENTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run, self.every = run, max(every, 1)
+        self._file: TextIO | None = open(self.path, "a")
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        line = {"t": round(time.time(), 3), "run": self.run, "type": kind, **fields}
+        self._file.write(json.dumps(line, default=str) + "\n")
+        if kind != "step":
+            self._file.flush()
+
+    def step(self, step: int, **fields: Any) -> None:
+        if step % self.every == 0:
+            self.emit("step", step=step, **fields)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_events(path: Path | str, kind: str | None = None) -> Iterator[dict[str, Any]]:
+    """Events of a file (or of `<dir>/events.jsonl`), skipping a torn last line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVENTS_FILE
+    if not path.exists():
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if kind is None or event.get("type") == kind:
+                yield event
+
+
+def to_tensorboard(events: Path | str, logdir: Path | str) -> int:
+    """Write the numeric fields of every event as TensorBoard scalars; returns the count."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer, count = SummaryWriter(str(logdir)), 0
+    for event in read_events(events):
+        x = event.get("step", event.get("epoch", event.get("round")))
+        if x is None:
+            continue
+        for key, value in event.items():
+            if isinstance(value, (int, float)) and key not in ("t", "step", "epoch", "round"):
+                writer.add_scalar(f"{event['run']}/{event['type']}/{key}", value, x)
+                count += 1
+    writer.close()
+    return count
