@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from thinwire.codecs import Decoder, Encoder, index, make_codec
 from thinwire.codecs import sketch as sketch_module
 from thinwire.codecs.powersgd import matrix_shape
-from thinwire.codecs.sketch import sum_payloads
 from thinwire.codecs.sparse import topk_indices
 from thinwire.errors import CodecError, ConfigError, WireError
 from thinwire.wire import parse_payload, to_bytes
@@ -198,13 +197,11 @@ def test_sketch_is_linear():
     x, _ = planted(seed=11)
     z, _ = planted(seed=12)
     codec = make_codec("sketch(rows=5,cols=2000,heavy=20,seed=3)")
-    summed = sum_payloads([codec.encode(x), codec.encode(z)])
+    summed = codec.encode(x)  # what the collective's linear path all-reduces: the tables
+    summed.buffers[0] = summed.buffers[0] + codec.encode(z).buffers[0]
     direct = codec.encode(x + z)
     assert torch.allclose(summed.buffers[0], direct.buffers[0], atol=1e-5)
     assert torch.allclose(Decoder().decode(summed), Decoder().decode(direct), atol=1e-4)
-    other = make_codec("sketch(rows=5,cols=2000,heavy=20,seed=4)").encode(x)
-    with pytest.raises(CodecError, match="same params"):
-        sum_payloads([codec.encode(x), other])
 
 
 def test_sketch_hash_cache_is_bounded_and_per_instance():

@@ -171,13 +171,6 @@ def raise_non_finite(where: str, x: torch.Tensor) -> None:
                      "Check the learning rate / loss scale or clip gradients")
 
 
-def decode_of(payload: Payload) -> "Codec":
-    """Rebuild the receiving codec from a self-describing payload."""
-    from .registry import codec_for_payload
-
-    return codec_for_payload(payload)
-
-
 class CodecState:
     """Per-tensor-name slots for one codec on one side of a link; checkpointable."""
 

@@ -40,7 +40,6 @@ def unpack(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if bits == 8:
         return data
     if bits in (1, 2, 4):
-        per = 8 // bits
         mask = (1 << bits) - 1
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
         return ((data.unsqueeze(1) >> shifts) & mask).reshape(-1)[:n]

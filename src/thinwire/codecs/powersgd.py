@@ -68,7 +68,8 @@ class PowerSGD(Codec):
     def rank_for(self, m: int, c: int, rank: int | None = None) -> int:
         return min(rank or self.params.rank, m, c)
 
-    def low_rank(self, shape: tuple[int, ...]) -> bool:
+    def factors(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of this shape is sent as factors (else raw: too small to gain)."""
         m, c = matrix_shape(shape)
         r = self.rank_for(m, c)
         return (not self.params.raw and m * c > 0
@@ -77,7 +78,7 @@ class PowerSGD(Codec):
     def _encode(self, x: torch.Tensor, state: Slot | None) -> Payload:
         assert state is not None
         flat = x.reshape(-1).float()
-        if not self.low_rank(tuple(x.shape)):
+        if not self.factors(tuple(x.shape)):
             if flat.numel() and not bool(torch.isfinite(flat).all()):
                 raise_non_finite(self.name, x)
             payload = self.make_payload(x, buffers=[flat.contiguous()])

@@ -2,7 +2,7 @@
 
 The payload is a rows x cols fp32 table and the seed that regenerates the hashes. The sketch is
 linear: the elementwise sum of the tables of x and y (same params and seed) is the table of x+y,
-so collectives all-reduce tables (`sum_payloads`) and decode once.
+so collectives all-reduce tables and decode once.
 
 Hashing. Row r cuts the flat tensor into blocks of B_r consecutive elements (B_r: distinct primes
 just below cols/16, one per row); a block gets a random group g in [0, cols // B_r) and a random
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -232,18 +231,3 @@ def median_of(vals: list[torch.Tensor], out: torch.Tensor,
     if len(v) % 2 == 0:
         return torch.add(v[mid - 1], v[mid], out=out).mul_(0.5)
     return out if v[mid] is out else out.copy_(v[mid])
-
-
-def sum_payloads(payloads: Sequence[Payload]) -> Payload:
-    """The payload of the sum of the sketched tensors (all must share params, seed, shape)."""
-    if not payloads:
-        raise CodecError("sum_payloads needs at least one sketch payload")
-    first = payloads[0]
-    key = (first.codec, first.shape, first.dtype, first.params, first.seed)
-    for p in payloads:
-        if (p.codec, p.shape, p.dtype, p.params, p.seed) != key or len(p.buffers) != 1 \
-                or p.buffers[0].shape != first.buffers[0].shape:
-            raise CodecError("only sketches with the same params, seed and shape can be summed")
-    table = torch.stack([p.buffers[0].float() for p in payloads]).sum(0)
-    return Payload(codec=first.codec, shape=first.shape, dtype=first.dtype, params=first.params,
-                   buffers=[table], seed=first.seed, name=first.name)
