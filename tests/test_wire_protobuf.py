@@ -26,6 +26,9 @@ from thinwire.wire import Update, parse_update, serialize_update
 p = make_codec("topk(ratio=0.5,index=bitmap+zlib)+int8").encode(torch.randn(40), name="w")
 u = parse_update(serialize_update(Update(node_id="n", tensors=[p], metrics={"loss": 1.0})))
 assert u.metrics == {"loss": 1.0} and torch.equal(decode(u.tensors[0]), decode(p))
+from thinwire.wire import control
+r = control.ResourceReport("n", gpu_util=50.0, links=[control.LinkBytes("l", 1, 2)])
+assert control.parse_resource_report(control.serialize(r)) == r
 print(google.protobuf.__version__)
 """
 

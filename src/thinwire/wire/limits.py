@@ -23,12 +23,14 @@ class WireLimits:
     max_tensors: int = 100_000
     max_depth: int = 4                 # nesting of payload parts
     max_message_bytes: int = 1 << 31
+    max_control_bytes: int = 1 << 20  # one control message (Register, Offer, ...)
     max_dims: int = 32                 # entries of one shape
     max_buffers: int = 16              # per payload
     max_parts: int = 8                 # per payload
     max_scalars: int = 1024            # per payload
     max_string: int = 1024             # characters of a name, codec, params, node id, key
-    max_metrics: int = 1024            # entries of a metrics or capabilities map
+    max_metrics: int = 1024            # entries of a metrics/capabilities map or link list
+    max_history: int = 4096            # LAQ model-change history entries in a ModelAnnounce
 
 
 def brief(value: int) -> str:

@@ -56,7 +56,7 @@ def parse_update(data: bytes, limits: WireLimits = WireLimits(),
     declared count is bounded but before any codec reads a buffer (index decoding, finite
     checks), so an update the caller would reject anyway costs no decoding work.
     """
-    check_size(data, limits, "Update")
+    check_size(data, limits.max_message_bytes, "Update")
     msg = pb.Update()
     parse_strict(msg, data, "Update")
     check_fields(msg, limits)
@@ -73,11 +73,15 @@ def parse_update(data: bytes, limits: WireLimits = WireLimits(),
     return update
 
 
+def check_schema(what: str, version: int) -> None:
+    if version != SCHEMA_VERSION:
+        raise WireError(f"{what} schema_version {version}; this build speaks "
+                        f"version {SCHEMA_VERSION}")
+
+
 def check_fields(msg: pb.Update, limits: WireLimits) -> None:
     """Everything but the tensors: version, kind, strings, counts, finite numbers."""
-    if msg.schema_version != SCHEMA_VERSION:
-        raise WireError(f"Update schema_version {msg.schema_version}; this build speaks "
-                        f"version {SCHEMA_VERSION}")
+    check_schema("Update", msg.schema_version)
     check_text("Update node_id", msg.node_id, limits)
     if msg.kind not in KINDS:
         raise WireError(f"Update kind {brief_text(msg.kind)} is not one of {KINDS}")

@@ -170,17 +170,17 @@ def parse_strict(msg, data: bytes, what: str) -> None:
                         f"{msg.ByteSize()}: trailing bytes, unknown fields or non-canonical data")
 
 
-def check_size(data: bytes, limits: WireLimits, what: str) -> None:
+def check_size(data: bytes, limit: int, what: str, knob: str = "max_message_bytes") -> None:
     """Type and size of untrusted input, before the protobuf parser sees it."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > limits.max_message_bytes:
-        raise WireError(f"{what} of {len(data)} bytes exceeds the limit of "
-                        f"{limits.max_message_bytes} (WireLimits.max_message_bytes)")
+    if len(data) > limit:
+        raise WireError(f"{what} of {len(data)} bytes exceeds the limit of {limit} "
+                        f"(WireLimits.{knob})")
 
 
 def parse_payload(data: bytes, limits: WireLimits = WireLimits()) -> Payload:
-    check_size(data, limits, "TensorPayload")
+    check_size(data, limits.max_message_bytes, "TensorPayload")
     msg = pb.TensorPayload()
     parse_strict(msg, data, "TensorPayload")
     return payload_from_proto(msg, limits)
