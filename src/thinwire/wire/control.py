@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, Protocol, TypeVar
 
 from ..codecs.registry import build
@@ -204,41 +205,11 @@ def parse(cls: type[C], data: bytes, limits: WireLimits = WireLimits()) -> C:
     return cls.from_proto(msg, limits)
 
 
-def serialize_register(m: Register) -> bytes:
-    return serialize(m)
-
-
-def parse_register(data: bytes, limits: WireLimits = WireLimits()) -> Register:
-    return parse(Register, data, limits)
-
-
-def serialize_skip(m: Skip) -> bytes:
-    return serialize(m)
-
-
-def parse_skip(data: bytes, limits: WireLimits = WireLimits()) -> Skip:
-    return parse(Skip, data, limits)
-
-
-def serialize_offer(m: Offer) -> bytes:
-    return serialize(m)
-
-
-def parse_offer(data: bytes, limits: WireLimits = WireLimits()) -> Offer:
-    return parse(Offer, data, limits)
-
-
-def serialize_model_announce(m: ModelAnnounce) -> bytes:
-    return serialize(m)
-
-
-def parse_model_announce(data: bytes, limits: WireLimits = WireLimits()) -> ModelAnnounce:
-    return parse(ModelAnnounce, data, limits)
-
-
-def serialize_resource_report(m: ResourceReport) -> bytes:
-    return serialize(m)
-
-
-def parse_resource_report(data: bytes, limits: WireLimits = WireLimits()) -> ResourceReport:
-    return parse(ResourceReport, data, limits)
+# Named forms, mirroring serialize_update / parse_update.
+serialize_register = serialize_skip = serialize_offer = serialize
+serialize_model_announce = serialize_resource_report = serialize
+parse_register = partial(parse, Register)
+parse_skip = partial(parse, Skip)
+parse_offer = partial(parse, Offer)
+parse_model_announce = partial(parse, ModelAnnounce)
+parse_resource_report = partial(parse, ResourceReport)
