@@ -59,19 +59,20 @@ def compiled_file():  # -> descriptor_pb2.FileDescriptorProto
     return fdp
 
 
-def tool_python(create: bool = True) -> Path | None:
-    """Python of the venv holding the pinned protoc and the lowest runtime; made on demand
-    with pip (raises CalledProcessError if the package index cannot be reached)."""
-    python = TOOL_VENV / "bin" / "python"
-    if not python.exists():
-        if not create:
-            return None
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(TOOL_VENV)],
-                       check=True)
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                        "--quiet", "--no-deps", "--disable-pip-version-check",
-                        PROTOC_PIN, LOWEST_RUNTIME],
-                       check=True, timeout=PIP_TIMEOUT, stdout=subprocess.DEVNULL)
+def tool_python() -> Path:
+    """Python of the venv holding the pinned protoc and the lowest runtime, (re)made with pip
+    when missing, half-made or made for other pins (raises CalledProcessError if the package
+    index cannot be reached)."""
+    python, stamp = TOOL_VENV / "bin" / "python", TOOL_VENV / "pins.txt"
+    pins = f"{PROTOC_PIN} {LOWEST_RUNTIME}"
+    if stamp.exists() and stamp.read_text() == pins:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(TOOL_VENV)],
+                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                    "--no-deps", "--disable-pip-version-check", *pins.split()],
+                   check=True, timeout=PIP_TIMEOUT, stdout=subprocess.DEVNULL)
+    stamp.write_text(pins)
     return python
 
 
