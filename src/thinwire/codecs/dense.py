@@ -27,6 +27,7 @@ class _Cast(Codec):
         return kernels.cast_checked(flat, self.wire_dtype)
 
     def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
+        self.check(payload)  # the view below trusts the declared shape
         buf = payload.buffers[0]
         return kernels.upcast(buf, payload.dtype).view(payload.shape)
 
@@ -54,6 +55,7 @@ class NoCompression(_Cast):
         return self.make_payload(x, buffers=[flat])
 
     def _decode(self, payload: Payload, state: Slot | None) -> torch.Tensor:
+        self.check(payload)
         return kernels.fresh_copy(payload.buffers[0].view(payload.shape))
 
     def check(self, payload: Payload) -> None:

@@ -17,23 +17,27 @@ compressed form only if it is strictly smaller. It never tries zlib on the other
 
 Decoding trusts nothing: dtype and size, indices < n, strictly increasing, the expected count,
 canonical and complete varints, zlib streams (output capped at the largest size possible for
-n and count, no trailing data) are all checked and raise CodecError.
+n and count, inflated piece by piece, no trailing data) are all checked and raise CodecError.
+Nothing is allocated from n alone: a bitmap is scanned in chunks, never expanded to n bytes.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import CodecError
-from .bits import pack, packed_len, unpack
+from .bits import pack, packed_len
 
 BASES = ("raw", "varint", "bitmap")
 CODINGS = BASES + tuple(f"{b}+zlib" for b in BASES)  # what may appear on the wire
 CHOICES = CODINGS + ("auto",)                          # what a user may ask for
+CHUNK_BYTES = 1 << 16  # bitmap/zlib bytes handled at a time: bounded temporaries
+BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)  # bit j of a byte is element 8*byte + j
 
 
 def validate(spec: str) -> str:
@@ -188,7 +192,12 @@ def plain_size(base: str, n: int, count: int) -> int:
 
 
 def decode(buf: torch.Tensor, coding: str, n: int, count: int) -> torch.Tensor:
-    """Validated inverse of `encode`: sorted int64 indices, exactly `count` of them, all < n."""
+    """Validated inverse of `encode`: sorted int64 indices, exactly `count` of them, all < n.
+
+    `count` must already be checked against real bytes (the value part's length): memory
+    and zlib output are bounded by it (raw, varint) or by n/8 (bitmap), and a bitmap is never
+    expanded to n elements: it is scanned CHUNK_BYTES at a time, expanding only set bytes.
+    """
     if coding not in CODINGS:
         raise CodecError(f"index coding {coding!r} is not one of {', '.join(CODINGS)}")
     if not 0 <= count <= n:
@@ -196,39 +205,52 @@ def decode(buf: torch.Tensor, coding: str, n: int, count: int) -> torch.Tensor:
     base, _, z = coding.partition("+")
     if buf.dim() != 1:
         raise CodecError("index buffer must be 1-D")
+    if base == "bitmap":
+        return _decode_bitmap(_bitmap_chunks(buf, n, bool(z)), n, count).to(buf.device)
     if z:
-        buf = _decompress(buf, plain_size(base, n, count), raw_dtype(n) if base == "raw"
-                          else torch.uint8)
+        dtype = raw_dtype(n) if base == "raw" else torch.uint8
+        buf = _as_tensor(b"".join(inflate(buf, plain_size(base, n, count))), dtype, buf.device)
     if base == "raw":
         return _decode_raw(buf, n, count)
-    if base == "varint":
-        if buf.dtype != torch.uint8 or not count <= buf.numel() <= plain_size(base, n, count):
-            raise CodecError(f"varint index buffer: {buf.dtype} of {buf.numel()} bytes is "
-                             f"impossible for {count} indices < {n}")
-        values = decode_varint(buf, count, n)
-        idx = values.cumsum(0) + torch.arange(count, device=buf.device)
-        return _check_range(idx, n)
-    return _decode_bitmap(buf, n, count)
+    if buf.dtype != torch.uint8 or not count <= buf.numel() <= plain_size(base, n, count):
+        raise CodecError(f"varint index buffer: {buf.dtype} of {buf.numel()} bytes is "
+                         f"impossible for {count} indices < {n}")
+    values = decode_varint(buf, count, n)
+    idx = values.cumsum(0) + torch.arange(count, device=buf.device)
+    return _check_range(idx, n)
 
 
-def _decompress(buf: torch.Tensor, cap: int, dtype: torch.dtype) -> torch.Tensor:
+def inflate(buf: torch.Tensor, cap: int) -> Iterator[bytes]:
+    """zlib-decompress a uint8 buffer in pieces of at most CHUNK_BYTES, never past `cap`
+    bytes in all; the stream must end exactly at the end of the buffer."""
     if buf.dtype != torch.uint8:
         raise CodecError(f"zlib index buffer must be uint8, got {buf.dtype}")
-    stream = zlib.decompressobj()
-    try:
-        data = stream.decompress(buf.cpu().numpy().tobytes(), cap + 1)
-    except zlib.error as exc:
-        raise CodecError(f"corrupt zlib index buffer: {exc}") from None
-    if len(data) > cap:
-        raise CodecError(f"zlib index buffer inflates past {cap} bytes, the most possible")
+    stream, total = zlib.decompressobj(), 0
+    pending = buf.cpu().numpy().tobytes()
+    while not stream.eof:
+        try:
+            piece = stream.decompress(pending, CHUNK_BYTES)
+        except zlib.error as exc:
+            raise CodecError(f"corrupt zlib index buffer: {exc}") from None
+        pending = stream.unconsumed_tail
+        total += len(piece)
+        if total > cap:
+            raise CodecError(f"zlib index buffer inflates past {cap} bytes, the most possible")
+        if not piece and not pending:
+            break  # input used up before the end of the stream
+        if piece:
+            yield piece
     if not stream.eof or stream.unused_data:
         raise CodecError("zlib index buffer is truncated or has trailing bytes")
+
+
+def _as_tensor(data: bytes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     item = torch.empty(0, dtype=dtype).element_size()
     if len(data) % item:
         raise CodecError("zlib index buffer inflates to a partial index")
     if not data:
-        return torch.zeros(0, dtype=dtype, device=buf.device)
-    return torch.frombuffer(bytearray(data), dtype=dtype).to(buf.device)
+        return torch.zeros(0, dtype=dtype, device=device)
+    return torch.frombuffer(bytearray(data), dtype=dtype).to(device)
 
 
 def _decode_raw(buf: torch.Tensor, n: int, count: int) -> torch.Tensor:
@@ -244,16 +266,50 @@ def _decode_raw(buf: torch.Tensor, n: int, count: int) -> torch.Tensor:
     return _check_range(idx, n)
 
 
-def _decode_bitmap(buf: torch.Tensor, n: int, count: int) -> torch.Tensor:
+def _bitmap_chunks(buf: torch.Tensor, n: int, zipped: bool) -> Iterator[torch.Tensor]:
+    """The bitmap's bytes, CHUNK_BYTES at a time (inflated on the fly when zipped)."""
+    if zipped:
+        for piece in inflate(buf, packed_len(n, 1)):
+            yield torch.frombuffer(bytearray(piece), dtype=torch.uint8)
+        return
     if buf.dtype != torch.uint8 or buf.numel() != packed_len(n, 1):
         raise CodecError(f"bitmap index buffer must be {packed_len(n, 1)} uint8 bytes, got "
                          f"{buf.numel()} x {buf.dtype}")
-    if n % 8 and int(buf[-1]) >> (n % 8):
-        raise CodecError("bitmap index buffer has bits set past the end of the tensor")
-    idx = unpack(buf, 1, n).nonzero().squeeze(1)
-    if idx.numel() != count:
-        raise CodecError(f"bitmap marks {idx.numel()} elements, expected {count}")
-    return idx
+    yield from buf.split(CHUNK_BYTES)
+
+
+def _decode_bitmap(chunks: Iterable[torch.Tensor], n: int, count: int) -> torch.Tensor:
+    """Set bits of a bitmap of n bits, chunk by chunk; stops as soon as more than `count`
+    are set, so memory stays within one chunk's expansion plus `count` indices."""
+    found, offset, pieces = 0, 0, []
+    for chunk in chunks:
+        hit = _set_bytes(chunk)
+        if hit.numel():
+            bits = ((chunk[hit].unsqueeze(1) >> BIT_SHIFTS.to(chunk.device)) & 1).bool()
+            pos = ((hit + offset).unsqueeze(1) * 8 + BIT_SHIFTS.to(hit.device).long())[bits]
+            if int(pos[-1]) >= n:
+                raise CodecError("bitmap index buffer has bits set past the end of the tensor")
+            found += pos.numel()
+            if found > count:
+                raise CodecError(f"bitmap marks more than {count} elements, expected {count}")
+            pieces.append(pos)
+        offset += chunk.numel()
+    if offset != packed_len(n, 1):
+        raise CodecError(f"bitmap index buffer has {offset} bytes, expected {packed_len(n, 1)}")
+    if found != count:
+        raise CodecError(f"bitmap marks {found} elements, expected {count}")
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64)
+
+
+def _set_bytes(chunk: torch.Tensor) -> torch.Tensor:
+    """Positions of the nonzero bytes, found through 8-byte words (8x fewer candidates)."""
+    pad = (-chunk.numel()) % 8
+    if pad or chunk.storage_offset() % 8:
+        chunk = torch.cat([chunk, chunk.new_zeros(pad)])
+    words = chunk.view(torch.int64)
+    hit = words.nonzero().squeeze(1)
+    sub = words[hit].view(torch.uint8).nonzero().squeeze(1)
+    return hit[sub >> 3] * 8 + (sub & 7)
 
 
 def _check_range(idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -9,13 +9,15 @@ whose part is an "int8" payload holding the quantized values; confidence_score -
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..codecs.payload import Payload
 from ..errors import WireError
 from . import thinwire_pb2 as pb
-from .limits import WireLimits
-from .tensor import parse_strict, payload_from_proto, payload_to_proto
+from .limits import WireLimits, brief_text, check_count, check_text
+from .tensor import ElementBudget, check_size, parse_strict, payload_from_proto, \
+    payload_to_proto, validate_payload
 
 SCHEMA_VERSION = 1
 KINDS = ("grad", "delta", "model")
@@ -46,29 +48,48 @@ def serialize_update(update: Update) -> bytes:
     return update.to_proto().SerializeToString(deterministic=True)
 
 
-def parse_update(data: bytes, limits: WireLimits = WireLimits()) -> Update:
-    """Parse and validate untrusted bytes; raises WireError saying what was wrong."""
-    if len(data) > limits.max_message_bytes:
-        raise WireError(f"Update of {len(data)} bytes exceeds the limit of "
-                        f"{limits.max_message_bytes}")
+def parse_update(data: bytes, limits: WireLimits = WireLimits(),
+                 expect: Callable[[Update], None] | None = None) -> Update:
+    """Parse and validate untrusted bytes; raises WireError saying what was wrong.
+
+    `expect` (e.g. a check of names, shapes and codecs against the model) runs once every
+    declared count is bounded but before any codec reads a buffer (index decoding, finite
+    checks), so an update the caller would reject anyway costs no decoding work.
+    """
+    check_size(data, limits.max_message_bytes, "Update")
     msg = pb.Update()
     parse_strict(msg, data, "Update")
-    if msg.schema_version != SCHEMA_VERSION:
-        raise WireError(f"Update schema_version {msg.schema_version}; this build speaks "
+    check_fields(msg, limits)
+    budget = ElementBudget(limits.max_total_elements)
+    update = Update(node_id=msg.node_id, round=msg.round, seq=msg.seq,
+                    confidence=msg.confidence, num_samples=msg.num_samples,
+                    metrics=dict(msg.metrics), kind=msg.kind, base_version=msg.base_version,
+                    tensors=[payload_from_proto(t, limits, budget=budget, validate=False)
+                             for t in msg.tensors])
+    if expect is not None:
+        expect(update)
+    for t in update.tensors:
+        validate_payload(t)
+    return update
+
+
+def check_schema(what: str, version: int) -> None:
+    if version != SCHEMA_VERSION:
+        raise WireError(f"{what} schema_version {version}; this build speaks "
                         f"version {SCHEMA_VERSION}")
+
+
+def check_fields(msg: pb.Update, limits: WireLimits) -> None:
+    """Everything but the tensors: version, kind, strings, counts, finite numbers."""
+    check_schema("Update", msg.schema_version)
+    check_text("Update node_id", msg.node_id, limits)
     if msg.kind not in KINDS:
-        raise WireError(f"Update kind {msg.kind!r} is not one of {KINDS}")
+        raise WireError(f"Update kind {brief_text(msg.kind)} is not one of {KINDS}")
     if not math.isfinite(msg.confidence):
         raise WireError("Update confidence is not finite")
-    if len(msg.tensors) > limits.max_tensors:
-        raise WireError(f"Update carries {len(msg.tensors)} tensors, over {limits.max_tensors}")
-    total = sum(math.prod(t.shape) for t in msg.tensors)
-    if total > limits.max_total_elements:
-        raise WireError(f"Update describes {total} elements, over {limits.max_total_elements}")
-    bad = [k for k, v in msg.metrics.items() if not math.isfinite(v)]
-    if bad:
-        raise WireError(f"Update metrics {bad} are not finite")
-    return Update(node_id=msg.node_id, round=msg.round, seq=msg.seq,
-                  confidence=msg.confidence, num_samples=msg.num_samples,
-                  metrics=dict(msg.metrics), kind=msg.kind, base_version=msg.base_version,
-                  tensors=[payload_from_proto(t, limits) for t in msg.tensors])
+    check_count("Update tensors", len(msg.tensors), limits.max_tensors, "max_tensors")
+    check_count("Update metrics", len(msg.metrics), limits.max_metrics, "max_metrics")
+    for key, value in msg.metrics.items():
+        check_text("Update metric name", key, limits)
+        if not math.isfinite(value):
+            raise WireError(f"Update metric {brief_text(key)} is not finite")

@@ -1,9 +1,17 @@
-"""Payload <-> TensorPayload protobuf, with validation of everything read from the wire."""
+"""Payload <-> TensorPayload protobuf, with validation of everything read from the wire.
+
+Parsing runs in two stages so that nothing is computed from an unchecked number:
+`payload_from_proto(..., validate=False)` bounds every declared count (`check_header`) and
+wraps the buffers without copying; `validate_payload` then lets each codec check its layout,
+innermost parts first, so a parent never trusts a part's declared size (a top-k index count is
+its value part's length) before the part has matched it against the bytes it carries.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 from google.protobuf.message import DecodeError
@@ -12,7 +20,10 @@ from ..codecs.payload import CODE_DTYPES, DTYPE_CODES, Payload
 from ..codecs.registry import codec_for_payload
 from ..errors import CodecError, WireError
 from . import thinwire_pb2 as pb
-from .limits import WireLimits
+from .limits import WireLimits, bounded_numel, brief, brief_shape, brief_text, check_count, \
+    check_text
+
+MAX_REASON = 400  # characters of a codec's complaint quoted in a WireError
 
 # torch.frombuffer warns that `bytes` is read-only; decoded buffers are never written in place.
 warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
@@ -40,56 +51,101 @@ def to_bytes(p: Payload) -> bytes:
     return payload_to_proto(p).SerializeToString()
 
 
+@dataclass
+class ElementBudget:
+    """Elements a whole message may still declare (WireLimits.max_total_elements)."""
+
+    left: int
+
+    def take(self, numel: int, where: str) -> None:
+        self.left -= numel
+        if self.left < 0:
+            raise WireError(f"{where}: the message declares more than its limit of elements "
+                            "in total (WireLimits.max_total_elements)")
+
+
+def describe(msg: pb.TensorPayload) -> str:
+    """'tensor <name>' for error messages, the name cut short."""
+    return f"tensor {brief_text(msg.name)}" if msg.name else "tensor"
+
+
+def check_header(msg: pb.TensorPayload, limits: WireLimits, depth: int = 0) -> int:
+    """Bound every count the header declares; return the element count. No buffer is read."""
+    where = describe(msg)
+    if depth > limits.max_depth:
+        raise WireError(f"{where}: payload nesting deeper than {limits.max_depth} "
+                        "(WireLimits.max_depth)")
+    for field in ("name", "codec", "params"):
+        check_text(f"{where} {field}", getattr(msg, field), limits)
+    check_count(f"{where}: number of dims", len(msg.shape), limits.max_dims, "max_dims")
+    check_count(f"{where}: buffers", len(msg.buffers), limits.max_buffers, "max_buffers")
+    check_count(f"{where}: parts", len(msg.parts), limits.max_parts, "max_parts")
+    check_count(f"{where}: scalars", len(msg.scalars), limits.max_scalars, "max_scalars")
+    numel = bounded_numel(msg.shape, limits.max_elements)
+    if numel is None:
+        raise WireError(f"{where}: shape {brief_shape(msg.shape)} has a dim or an element "
+                        f"count over the limit of {limits.max_elements} "
+                        "(raise WireLimits.max_elements)")
+    dtype = CODE_DTYPES.get(msg.dtype)
+    if dtype is None or not dtype.is_floating_point:
+        raise WireError(f"{where}: dtype code {brief(msg.dtype)} is not a floating tensor dtype")
+    if not all(math.isfinite(s) for s in msg.scalars):
+        raise WireError(f"{where}: non-finite scale/scalar among {len(msg.scalars)} scalars")
+    return numel
+
+
 def _buffer_from_proto(buf: pb.Buffer, where: str) -> torch.Tensor:
     dtype = CODE_DTYPES.get(buf.dtype)
     if dtype is None:
-        raise WireError(f"{where}: unknown buffer dtype code {buf.dtype}")
+        raise WireError(f"{where}: unknown buffer dtype code {brief(buf.dtype)}")
+    data = buf.data  # one copy out of the message; frombuffer wraps it without another
     item = torch.empty(0, dtype=dtype).element_size()
-    if len(buf.data) % item:
-        raise WireError(f"{where}: buffer of {len(buf.data)} bytes is not a whole number of "
+    if len(data) % item:
+        raise WireError(f"{where}: buffer of {len(data)} bytes is not a whole number of "
                         f"{dtype} elements")
-    if not buf.data:
+    if not data:
         return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(buf.data, dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype)
 
 
 def payload_from_proto(msg: pb.TensorPayload, limits: WireLimits = WireLimits(),
-                       depth: int = 0) -> Payload:
-    """Validate and convert; raises WireError naming what is wrong."""
-    where = f"tensor '{msg.name}'" if msg.name else "tensor"
-    if depth > limits.max_depth:
-        raise WireError(f"{where}: payload nesting deeper than {limits.max_depth}")
-    dtype = CODE_DTYPES.get(msg.dtype)
-    if dtype is None or not dtype.is_floating_point:
-        raise WireError(f"{where}: dtype code {msg.dtype} is not a floating tensor dtype")
-    numel = math.prod(int(d) for d in msg.shape)
-    if numel > limits.max_elements:
-        raise WireError(f"{where}: shape {list(msg.shape)} has {numel} elements, over the "
-                        f"limit of {limits.max_elements} (raise WireLimits.max_elements)")
-    scalars = list(msg.scalars)
-    if not all(math.isfinite(s) for s in scalars):
-        raise WireError(f"{where}: non-finite scale/scalar in {scalars}")
-    payload = Payload(codec=msg.codec, shape=tuple(int(d) for d in msg.shape), dtype=dtype,
-                      params=msg.params, scalars=scalars, seed=int(msg.seed), name=msg.name,
+                       depth: int = 0, budget: ElementBudget | None = None,
+                       validate: bool = True) -> Payload:
+    """Bound, convert and (unless `validate=False`) codec-check; raises WireError."""
+    if budget is None:
+        budget = ElementBudget(limits.max_total_elements)
+    budget.take(check_header(msg, limits, depth), describe(msg))
+    where = describe(msg)
+    payload = Payload(codec=msg.codec, shape=tuple(int(d) for d in msg.shape),
+                      dtype=CODE_DTYPES[msg.dtype], params=msg.params,
+                      scalars=list(msg.scalars), seed=int(msg.seed), name=msg.name,
                       buffers=[_buffer_from_proto(b, where) for b in msg.buffers],
-                      parts=[payload_from_proto(q, limits, depth + 1) for q in msg.parts])
-    if depth == 0:
-        validate_payload(payload, where)
+                      parts=[payload_from_proto(q, limits, depth + 1, budget, False)
+                             for q in msg.parts])
+    if validate and depth == 0:
+        validate_payload(payload)
     return payload
 
 
-def validate_payload(payload: Payload, where: str) -> None:
-    """Ask the codec named in the payload whether shapes, buffers and params agree."""
+def validate_payload(payload: Payload, where: str | None = None) -> None:
+    """Ask the codecs named in the payload, innermost part first, whether shapes, buffers and
+    params agree; then require finite floating buffers."""
+    where = where or (f"tensor {brief_text(payload.name)}" if payload.name else "tensor")
     try:
-        codec = codec_for_payload(payload)
-        codec.check(payload)
-        for part in payload.parts:
-            codec_for_payload(part).check(part)
+        _check_tree(payload)
     except CodecError as exc:
-        raise WireError(f"{where}: {exc}") from None
+        reason = str(exc)
+        cut = reason[:MAX_REASON] + ("..." if len(reason) > MAX_REASON else "")
+        raise WireError(f"{where}: {cut}") from None
     for buf in _all_buffers(payload):
         if buf.is_floating_point() and buf.numel() and not bool(torch.isfinite(buf).all()):
             raise WireError(f"{where}: non-finite values in a {buf.dtype} buffer")
+
+
+def _check_tree(p: Payload) -> None:
+    for part in p.parts:
+        _check_tree(part)
+    codec_for_payload(p).check(p)
 
 
 def _all_buffers(p: Payload) -> list[torch.Tensor]:
@@ -114,7 +170,17 @@ def parse_strict(msg, data: bytes, what: str) -> None:
                         f"{msg.ByteSize()}: trailing bytes, unknown fields or non-canonical data")
 
 
+def check_size(data: bytes, limit: int, what: str, knob: str = "max_message_bytes") -> None:
+    """Type and size of untrusted input, before the protobuf parser sees it."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > limit:
+        raise WireError(f"{what} of {len(data)} bytes exceeds the limit of {limit} "
+                        f"(WireLimits.{knob})")
+
+
 def parse_payload(data: bytes, limits: WireLimits = WireLimits()) -> Payload:
+    check_size(data, limits.max_message_bytes, "TensorPayload")
     msg = pb.TensorPayload()
     parse_strict(msg, data, "TensorPayload")
     return payload_from_proto(msg, limits)
