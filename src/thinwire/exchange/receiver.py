@@ -18,7 +18,8 @@ from ..wire import Update, WireLimits, parse_update
 from .tensorset import DEFAULT_ROLE, TensorSet
 
 Layout = dict[str, tuple[tuple[int, ...], str]]  # wire name -> (shape, role)
-REQUIRED_ROLES = (DEFAULT_ROLE,)  # other roles (buffers) may be left out
+CODED_ROLES = (DEFAULT_ROLE, "adapter")  # sent through the codec, required in every message
+REQUIRED_ROLES = CODED_ROLES  # other roles (buffers) are lossless and may be left out
 
 
 class Rejected(ThinwireError):
@@ -63,7 +64,8 @@ class Receiver:
 
     def check(self, update: Update) -> None:
         """Names must be exactly the layout's required tensors (plus optional other roles);
-        shapes must match; params must use the expected codec, other roles `none`."""
+        shapes must match; params and adapters must use the expected codec, other roles
+        `none`."""
         if self.layout is None:
             return
         names = [t.name for t in update.tensors]
@@ -79,7 +81,7 @@ class Receiver:
             if tuple(t.shape) != shape:
                 raise Rejected(f"tensor '{t.name}' has shape {list(t.shape)[:8]} but the model "
                                f"has {list(shape)}")
-            want = self.codec_name if role == DEFAULT_ROLE else "none"
+            want = self.codec_name if role in CODED_ROLES else "none"
             if want is not None and t.codec != want:
                 raise Rejected(f"tensor '{t.name}' is encoded with '{t.codec}' but this "
                                f"receiver expects '{want}' (mode/codec in its config)")

@@ -1,12 +1,13 @@
 """What the receiver does with what arrived: combining rules (mean, median, trimmed mean,
 Krum), reuse/drop/accumulate of skipped nodes, staleness weighting, budgeted selection, the
-server step, and a keyed form (one model per key)."""
+server step, the outer step of local-update training, and a keyed form (one model per key)."""
 
 from .keyed import KeyedStrategy
+from .outer import OUTER, OuterStep
 from .rules import RULES, combine
 from .select import select_budget, select_top_k
 from .server import apply_delta
 from .strategy import SKIPPED, WEIGHTS, Combined, Contribution, Strategy, check
 
-__all__ = ["Combined", "Contribution", "KeyedStrategy", "RULES", "SKIPPED", "Strategy",
+__all__ = ["Combined", "Contribution", "KeyedStrategy", "OUTER", "OuterStep", "RULES", "SKIPPED", "Strategy",
            "WEIGHTS", "apply_delta", "check", "combine", "select_budget", "select_top_k"]

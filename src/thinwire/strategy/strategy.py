@@ -7,7 +7,8 @@ out nodes that are gone) combines them with the rule and starts the next round.
 server does; `"drop"` averages only the nodes that sent this round; `"accumulate"` is for
 nodes that keep what they skip and send it later (a sum of pending updates), so a skipped
 node counts as zero in a mean over every node: each update is applied once, only late.
-Only params are scaled or voted on; other roles (buffers) are averaged as they are.
+Only params and adapters are scaled or voted on; other roles (buffers) are averaged as they
+are.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .rules import RULES, combine, krum_choice
 from .select import select_budget, select_top_k
 
 WEIGHTS = ("samples", "uniform", "confidence")
+VOTED = ("param", "adapter")  # roles the rule combines; buffers are always averaged
 SKIPPED = ("reuse", "drop", "accumulate")
 
 
@@ -83,17 +85,17 @@ class Strategy:
         first, out = sets[0], TensorSet()
         choice = None
         if self.rule == "krum":
-            choice = krum_choice([torch.cat([s[k].reshape(-1).float() for k in s.params])
-                                  for s in sets])
+            choice = krum_choice([torch.cat([s[k].reshape(-1).float() for k in s
+                                             if s.role(k) in VOTED]) for s in sets])
         for name in first:
             role = first.role(name)
             values = [s[name] for s in sets]
-            if role != "param":
+            if role not in VOTED:
                 out.add({name: combine("mean", values, weights)}, role)
             elif choice is not None:
-                out.add({name: values[choice]})
+                out.add({name: values[choice]}, role)
             else:
-                out.add({name: combine(self.rule, values, weights)})
+                out.add({name: combine(self.rule, values, weights)}, role)
         return out
 
     def forget(self, node: str) -> None:
