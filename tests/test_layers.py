@@ -16,7 +16,7 @@ RANKS = {
     "policy": 3, "obs": 3,
     "exchange": 4,
     "strategy": 5,
-    "config": 6,
+    "config": 6, "server": 6,
     "sim": 7, "service": 7, "collective": 7, "swarm": 7, "experts": 7,
     "api": 8, "cli": 8, "__init__": 8, "__main__": 8,
 }

@@ -22,7 +22,7 @@ from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
 from thinwire.service.learner import Learner
 from thinwire.service.quick_test import free_port
-from thinwire.service.state import StateStore
+from thinwire.server.state import StateStore
 from thinwire.tasks import load_task
 from thinwire.wire import Update, parse_update, serialize_update
 

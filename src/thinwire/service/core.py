@@ -30,7 +30,7 @@ from .admission import ServiceError, check_worker_id
 from ..tasks.evaluate import evaluate
 from .results import counters, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
-from .state import StateStore
+from ..server.state import StateStore
 
 Log = Callable[[str], None]
 Tensors = dict[str, torch.Tensor]
