@@ -120,23 +120,42 @@ PASSTHROUGH = {
     "validate": ("thinwire.collective.validate", "validate_main"),
     "generate": ("thinwire.collective.generate", "generate_main"),
     "report": ("thinwire.collective.report", "report_main"),
+    "gateway": ("thinwire.experts.tool", "gateway_main"),
+}
+# A command shared by two runtimes goes to the other one when one of these flags is given:
+# `coordinator --experts`, `worker --specialty/--dataset` (the seed's federated-experts
+# worker; the FLQ worker is `python -m thinwire.service.worker` for its --specialty label),
+# `generate --coordinator-url` (route and answer; without it, a saved collective LM).
+ALTERNATES = {
+    "coordinator": (("--experts",), ("thinwire.experts.app", "coordinator_main")),
+    "worker": (("--experts", "--specialty", "--dataset"),
+               ("thinwire.experts.worker", "worker_main")),
+    "generate": (("--coordinator-url",), ("thinwire.experts.generate", "generate_main")),
 }
 PASSTHROUGH_HELP = {
-    "coordinator": "FLQ coordinator (HTTP service)",
-    "worker": "FLQ worker that trains and pushes updates to a coordinator",
+    "coordinator": "FLQ coordinator (HTTP service); --experts: federated-experts coordinator",
+    "worker": "FLQ worker; with --specialty/--dataset a federated-experts worker",
     "quick-test": "coordinator + workers on 127.0.0.1, N rounds, summary table",
     "train-lm": "GPT-2 LM training with compressed DDP/FSDP hooks (use torchrun for >1 rank)",
     "validate": "validation loss and perplexity of a saved LM",
-    "generate": "sample text from a saved LM",
+    "generate": "sample text from a saved LM; --coordinator-url: ask the routed expert",
     "report": "table and plots from collective results.jsonl files",
+    "gateway": "federated experts: the merged gateway model (info, --save-gateway, --export-hf)",
 }
 
 
 def cmd_passthrough(args: argparse.Namespace) -> int:
     import importlib
 
-    module, func = PASSTHROUGH[args.command]
+    module, func = target(args.command, args.rest)
     return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
+
+
+def target(command: str, rest: list[str]) -> tuple[str, str]:
+    """(module, function) that handles `command` with these arguments."""
+    flags, alternate = ALTERNATES.get(command, ((), None))
+    given = {a.split("=", 1)[0] for a in rest if a.startswith("--")}
+    return alternate if alternate and given & set(flags) else PASSTHROUGH[command]
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "demo": cmd_demo, "codecs": cmd_codecs,

@@ -45,9 +45,10 @@ class Base:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_base(name: str = DEFAULT_BASE, use_huggingface: bool = False) -> Base:
+def load_base(name: str | Path = DEFAULT_BASE, use_huggingface: bool = False) -> Base:
     """A local folder if `name` is one, else a download from the HF hub
     (`use_huggingface`) or ModelScope (the seed's default)."""
+    name = str(name)
     folder = Path(name).expanduser()
     if not folder.is_dir():
         folder = Path(hub_folder(name) if use_huggingface else modelscope_folder(name))

@@ -1,0 +1,199 @@
+"""`thinwire coordinator --experts`: the federated-experts coordinator as an HTTP service.
+
+    thinwire coordinator --experts --host 0.0.0.0 --port 5000 --token T [--state-dir D]
+
+API (errors are JSON {"error": message, "status": code}; OpenAPI at /docs):
+    GET  /v1/health                      liveness (the only call without the token)
+    GET  /v1/status                      experts, gateway, workers, bytes per upload
+    POST /v1/workers                     register {worker_id, session, specialty, base,
+                                         centroid, count, capabilities}
+    POST /v1/workers/{id}/leave          leave
+    GET  /v1/experts/adapter?worker_id=&wait_version=&wait_s=   the worker's expert
+                                         (protobuf Update; long-polls for a newer version)
+    POST /v1/updates                     protobuf Update: a worker's change since its pull
+    GET  /v1/experts                     every expert: version, samples, uploads
+    GET  /v1/experts/{name}/weights      base + that expert, safetensors
+    GET  /v1/gateway                     gateway info: version, merge, weights, history
+    GET  /v1/gateway/weights             the merged gateway, safetensors
+    GET  /v1/base/files                  the base's config and tokenizer files (base64)
+    POST /v1/route                       {prompt}: the nearest expert
+With a token set, every call but /v1/health needs `Authorization: Bearer TOKEN`; off
+loopback a token is required (or --insecure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..config import add_config_flags, config_flags
+from ..server import BodyLimit, add_json_errors, bearer, require_token
+from .config import load_config
+from .core import ExpertsCoordinator
+from .link import VERSION
+
+MAX_WAIT_S = 30.0
+SAFETENSORS = "application/octet-stream"
+
+
+class RegisterIn(BaseModel):
+    worker_id: str = Field(max_length=64)
+    session: str = Field(max_length=128)
+    specialty: str = Field(max_length=64)
+    base: str = Field(max_length=128)
+    centroid: list[float] = Field(max_length=1 << 16)
+    count: int = Field(ge=1)
+    capabilities: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+class RouteIn(BaseModel):
+    prompt: str = Field(min_length=1, max_length=20_000)
+
+
+def create_app(core: ExpertsCoordinator, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="thinwire federated experts", version="1",
+                  description="Per-specialty LoRA experts, a merged gateway, routing.")
+    app.add_middleware(BodyLimit, limit=core.cfg.max_request_bytes)
+    add_json_errors(app)
+    guard = [Depends(bearer(token))]
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "gateway_version": core.gateway.version}
+
+    @app.get("/v1/status", dependencies=guard)
+    async def status() -> dict[str, Any]:
+        return await run_in_threadpool(core.status)
+
+    @app.post("/v1/workers", dependencies=guard)
+    async def register(body: RegisterIn) -> dict[str, Any]:
+        return await run_in_threadpool(core.register, body.worker_id, body.session,
+                                       body.specialty, body.base, body.centroid, body.count,
+                                       body.capabilities)
+
+    @app.post("/v1/workers/{worker_id}/leave", dependencies=guard)
+    async def leave(worker_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(core.leave, worker_id)
+
+    @app.get("/v1/experts/adapter", dependencies=guard)
+    async def adapter(worker_id: str, wait_version: int | None = None,
+                      wait_s: float = 0.0) -> Response:
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        while (wait_version is not None and time.monotonic() < deadline
+               and await run_in_threadpool(core.version_of, worker_id) < wait_version):
+            await asyncio.sleep(0.05)
+        body, version = await run_in_threadpool(core.pull, worker_id)
+        return Response(body, media_type="application/x-protobuf",
+                        headers={VERSION: str(version)})
+
+    @app.post("/v1/updates", dependencies=guard)
+    async def push(request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(core.push, await request.body())
+
+    @app.get("/v1/experts", dependencies=guard)
+    async def experts() -> dict[str, Any]:
+        return (await run_in_threadpool(core.status))["experts"]
+
+    @app.get("/v1/experts/{name}/weights", dependencies=guard)
+    async def expert_weights(name: str) -> Response:
+        body, version = await run_in_threadpool(core.expert_body, name)
+        return Response(body, media_type=SAFETENSORS, headers={VERSION: str(version)})
+
+    @app.get("/v1/gateway", dependencies=guard)
+    async def gateway() -> dict[str, Any]:
+        return (await run_in_threadpool(core.status))["gateway"]
+
+    @app.get("/v1/gateway/weights", dependencies=guard)
+    async def gateway_weights() -> Response:
+        body, version = await run_in_threadpool(core.gateway_body)
+        return Response(body, media_type=SAFETENSORS, headers={VERSION: str(version)})
+
+    @app.get("/v1/base/files", dependencies=guard)
+    async def files() -> dict[str, str]:
+        return await run_in_threadpool(core.files)
+
+    @app.post("/v1/route", dependencies=guard)
+    async def route(body: RouteIn) -> dict[str, Any]:
+        return await run_in_threadpool(core.route, body.prompt)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import ExpertsConfig
+
+    p = argparse.ArgumentParser(prog="thinwire coordinator --experts", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experts", action="store_true", help="(selects this coordinator)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface "
+                   "(then a --token is required)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--state-dir", type=Path, default=Path("runs/experts"),
+                   help="snapshot, journal, results.jsonl, events.jsonl (resumes if present)")
+    p.add_argument("--token", default=os.environ.get("THINWIRE_TOKEN"),
+                   help="bearer token for every call but /v1/health (default $THINWIRE_TOKEN)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without a token")
+    p.add_argument("--debug", action="store_true", help="log every request")
+    p.add_argument("--config", type=Path, help="YAML/JSON file of the keys below")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_flags(p, ExpertsConfig)
+    return p
+
+
+def coordinator_main(argv: list[str] | None = None) -> int:
+    import torch
+    import uvicorn
+
+    from ..tasks.lm.pretrained import load_base
+
+    args = build_parser().parse_args(argv)
+    require_token(args.host, args.token, args.insecure)
+    cfg = load_config(args.config, config_flags(args), args.set)
+
+    def log(line: str) -> None:
+        print(f"[experts {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    base = load_base(cfg.base_model, cfg.use_huggingface)
+    core = ExpertsCoordinator(cfg, base, args.state_dir, log)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(core, args.token), host=args.host, port=args.port,
+        log_level="debug" if args.debug else "warning", access_log=args.debug))
+    stop = threading.Event()
+    ticker = threading.Thread(target=tick_loop, args=(core, stop, log), daemon=True)
+    log(f"listening on http://{args.host}:{args.port} (base {base.name}, {cfg.finetune}, "
+        f"codec {cfg.codec}, merge {cfg.merge}, state {args.state_dir})")
+    ticker.start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        ticker.join(timeout=5)
+        core.close()
+    return 0
+
+
+def tick_loop(core: ExpertsCoordinator, stop: threading.Event, log: Any) -> None:
+    while not stop.wait(0.2):
+        try:
+            core.tick()
+        except Exception as exc:  # noqa: BLE001  e.g. a full disk: report, keep serving
+            log(f"background error: {type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    from ..errors import run_main
+
+    sys.exit(run_main(coordinator_main))

@@ -1,0 +1,430 @@
+"""The federated-experts coordinator as a state machine, free of HTTP: workers register for a
+specialty, pull its expert, and upload pseudo-gradients; rounds close per specialty; the
+gateway is re-merged after each; prompts are routed to the nearest expert.
+
+The FastAPI app (app.py) and in-process links (link.py) drive it. All mutation happens under
+one lock. Every accepted message is journaled (fsync) before the call returns, and the state
+is snapshotted after each closed round (server/state.py), so `kill -9` loses nothing a worker
+was told was accepted: a restart loads the snapshot and replays the journal.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..codecs import make_codec
+from ..exchange import Receiver, Rejected, TensorSet, wire_name
+from ..obs.events import EventLog
+from ..obs.ledger import LinkLedger
+from ..server import HttpError, StateError, StateStore
+from ..strategy import KeyedStrategy, OuterStep, Strategy
+from ..tasks.lm.embed import embed, nearest
+from ..tasks.lm.merge import apply
+from ..tasks.lm.pretrained import Base, base_files, unique_state
+from ..wire import Update, WireLimits, parse_update, serialize_update
+from .config import ExpertsConfig
+from .expert import Expert
+from .gateway import Gateway, weights_body
+from .report import results_row, status_view
+
+Log = Callable[[str], None]
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_SEQ = 1 << 53
+
+
+def check_name(what: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise HttpError(400, f"{what} {value!r} is invalid: use 1-64 characters from letters, "
+                             "digits, '_', '.', '-' (starting with a letter or digit)")
+    return value
+
+
+class ExpertsCoordinator:
+    def __init__(self, cfg: ExpertsConfig, base: Base, state_dir: Path | str,
+                 log: Log | None = None) -> None:
+        self.cfg, self.base, self.log = cfg, base, log or (lambda s: None)
+        self.base_state = {n: t.clone().float() for n, t in unique_state(base.model).items()}
+        self.fingerprint = base.fingerprint
+        tuning = cfg.tuning()
+        self.role, self.shapes = tuning.role, tuning.layout(base.model)
+        self.layout = {wire_name(n, self.role): (tuple(s), self.role)
+                       for n, s in self.shapes.items()}
+        self.hidden = int(base.model.config.hidden_size)
+        self.full_bytes = 4 * sum(t.numel() for t in self.base_state.values())
+        self.limits = WireLimits(max_message_bytes=cfg.max_request_bytes)
+        self.lock, self.embed_lock = threading.RLock(), threading.Lock()
+        self.store = StateStore(state_dir)
+        self.events = EventLog(self.store.dir, cfg.name())
+        self.started = time.time()
+        self._files: dict[str, str] | None = None
+        self._replaying = False
+        self._fresh()
+        self._restore()
+
+    def _fresh(self) -> None:
+        c = self.cfg
+        self.experts: dict[str, Expert] = {}
+        self.receivers: dict[str, Receiver] = {}
+        self.strategy = KeyedStrategy(lambda: Strategy(
+            c.aggregate, c.weight, "drop", staleness_exponent=c.staleness_exponent))
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.applied_keys: dict[str, list[int]] = {}
+        self.ledger = LinkLedger(hub="coordinator")
+        self.gateway = Gateway(c, self.base_state, self.base.model)
+        self._cache: dict[str, tuple[int, bytes]] = {}
+
+    def _expert(self, name: str) -> Expert:
+        if name not in self.experts:
+            if len(self.experts) >= self.cfg.max_specialties:
+                raise HttpError(409, f"already {len(self.experts)} specialties "
+                                     f"(max_specialties); reuse one of {sorted(self.experts)}")
+            self.experts[name] = Expert(
+                name, self.shapes, self.role, self.strategy.of(name),
+                OuterStep(self.cfg.outer, self.cfg.outer_lr, self.cfg.outer_momentum),
+                self.cfg.history)
+            self.receivers[name] = Receiver(self.layout, self.cfg.codec, self.limits)
+        return self.experts[name]
+
+    # ---- registry ---------------------------------------------------------------------
+    def register(self, wid: str, session: str, specialty: str, base: str,
+                 centroid: list[float], count: int,
+                 capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+        check_name("worker id", wid)
+        check_name("specialty", specialty)
+        if not session or len(session) > 128:
+            raise HttpError(400, "register needs a session string (1-128 characters)")
+        if base != self.fingerprint:
+            raise HttpError(409, f"worker {wid}'s base model (fingerprint {base[:24]!r}) is not "
+                                 f"the coordinator's ({self.base.name}, {self.fingerprint}): "
+                                 "start both with the same --base-model")
+        self._check_centroid(centroid, count)
+        with self.lock:
+            info = self.workers.get(wid)
+            if info is not None and info["specialty"] != specialty and info["state"] != "left":
+                raise HttpError(409, f"worker {wid} is registered for {info['specialty']}; "
+                                     "use another --worker-id for another specialty")
+            if info is None or info["session"] != session or info["state"] != "active":
+                if specialty not in self.experts:
+                    self._expert(specialty)  # refuses a specialty over the limit first
+                rec = {"type": "register", "worker": wid, "session": session,
+                       "specialty": specialty, "centroid": [float(v) for v in centroid],
+                       "count": int(count), "capabilities": dict(capabilities or {})}
+                self.store.append(rec)
+                self._do_register(rec)
+            self._touch(wid)
+            return {"worker_id": wid, "specialty": specialty,
+                    "expert_version": self.experts[specialty].version,
+                    "gateway_version": self.gateway.version,
+                    "config": self.cfg.worker_view(specialty)}
+
+    def _check_centroid(self, centroid: list[float], count: int) -> None:
+        if len(centroid) != self.hidden or count < 1:
+            raise HttpError(400, f"centroid has {len(centroid)} values for {count} prompts; "
+                                 f"the base model's hidden size is {self.hidden}")
+        if not all(math.isfinite(v) for v in centroid):
+            raise HttpError(400, "centroid holds non-finite values")
+
+    def _do_register(self, rec: dict[str, Any]) -> None:
+        """A new worker or a restarted one (new session): its decoder and keys start over."""
+        wid, old = rec["worker"], self.workers.get(rec["worker"])
+        self._expert(rec["specialty"])
+        if old is not None and old["session"] == rec["session"]:
+            old["state"] = "active"
+            return
+        self.receivers[rec["specialty"]].forget(wid)
+        self.applied_keys.pop(wid, None)
+        self.workers[wid] = {
+            "id": wid, "session": rec["session"], "specialty": rec["specialty"],
+            "state": "active", "last_seen": time.time(), "joined": time.time(),
+            "centroid": torch.tensor(rec["centroid"], dtype=torch.float32),
+            "count": rec["count"], "capabilities": rec.get("capabilities", {}),
+            "sent": 0, "samples": 0}
+        if not self._replaying:
+            self.log(f"worker {wid} joined {rec['specialty']}")
+
+    def leave(self, wid: str) -> dict[str, Any]:
+        with self.lock:
+            self._known(wid)
+            self.store.append({"type": "leave", "worker": wid})
+            self._do_leave(wid)
+            self._close_due(self.workers[wid]["specialty"])
+            return {"worker_id": wid, "state": "left"}
+
+    def _do_leave(self, wid: str) -> None:
+        self.workers[wid]["state"] = "left"
+
+    def _known(self, wid: str) -> dict[str, Any]:
+        info = self.workers.get(wid)
+        if info is None:
+            raise HttpError(404, f"worker {wid!r} is not registered: POST /v1/workers first "
+                                 "(workers register again by themselves after a restart)")
+        return info
+
+    def _touch(self, wid: str) -> None:
+        info = self.workers[wid]
+        info["last_seen"] = time.time()
+        if info["state"] == "offline":
+            info["state"] = "active"
+
+    def _expected(self, specialty: str) -> set[str]:
+        return {w for w, i in self.workers.items()
+                if i["specialty"] == specialty and i["state"] == "active"}
+
+    # ---- uploads ----------------------------------------------------------------------
+    def push(self, body: bytes) -> dict[str, Any]:
+        """Parse, check, decode, journal, then add an upload to its specialty's round;
+        idempotent by (worker, seq)."""
+        update = self._parse(body)
+        wid = update.node_id
+        with self.lock:
+            info = self._known(wid)
+            self._touch(wid)
+            expert = self.experts[info["specialty"]]
+            if update.seq in self.applied_keys.get(wid, []):
+                return self._answer(expert, "duplicate")
+            self._admissible(expert, update)
+            receiver = self.receivers[expert.name]
+            try:
+                receiver.check(update)
+                arrival = receiver.decode(update, len(body))
+            except Rejected as exc:
+                raise HttpError(400, str(exc)) from None
+            try:
+                self.store.append({"type": "update", "worker": wid}, body)
+            except OSError as exc:
+                arrival.undo()
+                raise HttpError(503, f"cannot journal the update ({exc.strerror}); retry "
+                                     "later") from None
+            self._accept(wid, update, arrival.tensors, len(body))
+            self._close_due(expert.name)
+            return self._answer(expert, "accepted")
+
+    def _parse(self, body: bytes) -> Update:
+        try:
+            update = parse_update(body, self.limits)
+        except Exception as exc:  # noqa: BLE001  WireError and anything protobuf raises
+            raise HttpError(400, f"malformed update: {exc}") from None
+        check_name("update node_id", update.node_id)
+        if update.kind != "delta":
+            raise HttpError(400, f"update kind {update.kind!r}: workers send 'delta' updates "
+                                 "(the change since their last pull)")
+        if update.seq >= MAX_SEQ or update.base_version >= MAX_SEQ:
+            raise HttpError(400, f"seq/base_version {update.seq}/{update.base_version} out of "
+                                 "range")
+        return update
+
+    def _admissible(self, expert: Expert, update: Update) -> None:
+        if update.base_version > expert.version:
+            raise HttpError(400, f"base_version {update.base_version} is ahead of "
+                                 f"{expert.name}'s version {expert.version}")
+        stale = expert.version - update.base_version
+        if stale > self.cfg.max_staleness:
+            raise HttpError(409, f"update is {stale} versions stale (max_staleness "
+                                 f"{self.cfg.max_staleness}); pull the expert again")
+
+    def _accept(self, wid: str, update: Update, tensors: TensorSet, nbytes: int) -> None:
+        info = self.workers[wid]
+        expert = self.experts[info["specialty"]]
+        loss = update.metrics.get("train_loss")
+        expert.add(wid, dict(tensors.items()), int(update.num_samples),
+                   expert.version - update.base_version, nbytes, loss)
+        self.ledger.upload(wid, self.full_bytes, nbytes)
+        keys = self.applied_keys.setdefault(wid, [])
+        keys.append(int(update.seq))
+        del keys[:-64]
+        info["sent"] += 1
+        info["samples"] += int(update.num_samples)
+
+    def _answer(self, expert: Expert, status: str) -> dict[str, Any]:
+        return {"status": status, "expert_version": expert.version,
+                "gateway_version": self.gateway.version, "pending": sorted(expert.pending)}
+
+    # ---- closing rounds ---------------------------------------------------------------
+    def tick(self) -> None:
+        """Called periodically: silent workers go offline; late rounds close."""
+        with self.lock:
+            now = time.time()
+            for info in self.workers.values():
+                if info["state"] == "active" and now - info["last_seen"] > self.cfg.offline_after:
+                    info["state"] = "offline"
+                    self.log(f"worker {info['id']} offline (silent {now - info['last_seen']:.0f}s)")
+            for name in list(self.experts):
+                self._close_due(name)
+
+    def _close_due(self, name: str) -> None:
+        expert, expected = self.experts[name], self._expected(name)
+        timeout = math.inf if self._replaying else self.cfg.round_timeout
+        if expert.due(expected, timeout):
+            self._close(name, "complete" if expected <= set(expert.pending) else "deadline")
+
+    def _close(self, name: str, reason: str) -> None:
+        entry = self.experts[name].close(reason)
+        self.gateway.rebuild(self.experts, trigger=name)
+        self._cache.pop(name, None)
+        self.commit()
+        if self._replaying:
+            return
+        self.log(f"{name} v{entry['version']} ({reason}: "
+                 f"{', '.join(c['worker'] for c in entry['contributors'])}); "
+                 f"gateway v{self.gateway.version}")
+        row = results_row(self, name, entry)
+        self.events.emit("round", **{k: v for k, v in row.items() if k != "contributors"})
+        from ..obs.results import append_row
+
+        append_row(self.store.dir / "results.jsonl", row)
+
+    # ---- downloads --------------------------------------------------------------------
+    def pull(self, wid: str) -> tuple[bytes, int]:
+        """The worker's expert (adapter or weight change), lossless, and its version."""
+        with self.lock:
+            info = self._known(wid)
+            self._touch(wid)
+            expert = self.experts[info["specialty"]]
+            cached = self._cache.get(expert.name)
+            if cached is None or cached[0] != expert.version:
+                none = make_codec("none")
+                tensors = [none.encode(t, None, wire_name(n, self.role))
+                           for n, t in expert.tensors.items()]
+                cached = (expert.version, serialize_update(Update(
+                    node_id="coordinator", tensors=tensors, kind="model",
+                    base_version=expert.version)))
+                self._cache[expert.name] = cached
+            self.ledger.download(wid, self.full_bytes, len(cached[1]))
+            return cached[1], expert.version
+
+    def version_of(self, wid: str) -> int:
+        with self.lock:
+            return self.experts[self._known(wid)["specialty"]].version
+
+    def gateway_body(self) -> tuple[bytes, int]:
+        with self.lock:
+            return self.gateway.body(), self.gateway.version
+
+    def expert_body(self, name: str) -> tuple[bytes, int]:
+        with self.lock:
+            expert = self.experts.get(name)
+            if expert is None:
+                raise HttpError(404, f"no expert {name!r}; experts: {sorted(self.experts)}")
+            state = apply(self.base_state, self.gateway.expert_delta(expert))
+            meta = {"kind": "expert", "name": name, "version": str(expert.version)}
+            return weights_body(state, meta), expert.version
+
+    def files(self) -> dict[str, str]:
+        """The base's config and tokenizer files (base64), for clients that rebuild it."""
+        if self._files is None:
+            self._files = base_files(self.base)
+        return self._files
+
+    # ---- routing ----------------------------------------------------------------------
+    def centroids(self) -> dict[str, torch.Tensor]:
+        """Each expert's centroid: its workers' centroids weighted by their prompt counts."""
+        with self.lock:
+            out: dict[str, list] = {}
+            for info in self.workers.values():
+                out.setdefault(info["specialty"], []).append((info["centroid"], info["count"]))
+        return {n: sum(c * k for c, k in pairs) / sum(k for _, k in pairs)
+                for n, pairs in out.items()}
+
+    def route(self, prompt: str) -> dict[str, Any]:
+        centroids = self.centroids()
+        if not centroids:
+            raise HttpError(409, "no expert has a centroid yet: start a worker first")
+        with self.embed_lock:
+            vector = embed(self.base.model, self.base.tokenizer, [prompt])[0]
+        name, dist = nearest(vector, centroids)
+        return {"expert": name, "version": self.experts[name].version, "distances": dist}
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return status_view(self)
+
+    # ---- persistence ------------------------------------------------------------------
+    def _tree(self) -> dict[str, Any]:
+        return {"format": 1, "fingerprint": self.fingerprint, "base": self.base.name,
+                "config": self.cfg.model_dump(mode="json"),
+                "experts": {n: e.state_dict() for n, e in self.experts.items()},
+                "receivers": {n: r.state_dict() for n, r in self.receivers.items()},
+                "workers": self.workers, "applied_keys": self.applied_keys,
+                "ledger": self.ledger.state_dict(), "gateway": self.gateway.state_dict()}
+
+    def commit(self) -> None:
+        """Snapshot everything, then drop the journal the snapshot now covers."""
+        if self._replaying:
+            return
+        self.store.save(self._tree())
+        self.store.reset_journal()
+
+    def _restore(self) -> None:
+        tree = self.store.load()
+        if tree is None:
+            self.commit()
+            return
+        if tree["fingerprint"] != self.fingerprint:
+            raise StateError(f"{self.store.dir} holds experts of base {tree['base']} "
+                             f"({tree['fingerprint']}), not of {self.base.name}; use that base "
+                             "or a fresh --state-dir")
+        try:
+            for name, state in tree["experts"].items():
+                self._expert(name).load_state_dict(state)
+        except ValueError as exc:
+            raise StateError(f"{exc}; use the config the state was made with (finetune, "
+                             "lora_rank, lora_targets) or a fresh --state-dir") from None
+        for name, state in tree["receivers"].items():
+            self.receivers[name].load_state_dict(state)
+        self.workers, self.applied_keys = tree["workers"], tree["applied_keys"]
+        for info in self.workers.values():  # the outage was ours: give everyone time back
+            info["last_seen"] = time.time()
+        self.ledger.load_state_dict(tree["ledger"])
+        self.gateway.load_state_dict(tree["gateway"])
+        self.gateway.rebuild(self.experts, bump=False)
+        replayed = self._replay()
+        self.log(f"resumed from {self.store.dir}: experts "
+                 f"{ {n: e.version for n, e in self.experts.items()} }, gateway "
+                 f"v{self.gateway.version}, {replayed} journaled message(s) replayed")
+
+    def _replay(self) -> int:
+        """Re-apply journaled messages the snapshot does not cover, in order."""
+        self._replaying, count = True, 0
+        try:
+            for rec, body in self.store.records():
+                kind = rec["type"]
+                if kind == "register":
+                    self._do_register(rec)
+                elif kind == "leave" and rec["worker"] in self.workers:
+                    self._do_leave(rec["worker"])
+                elif kind != "update" or not self._replay_update(body):
+                    continue
+                count += 1
+                for name in list(self.experts):
+                    self._close_due(name)
+        finally:
+            self._replaying = False
+        if count:
+            self.commit()
+        return count
+
+    def _replay_update(self, body: bytes) -> bool:
+        try:
+            update = self._parse(body)
+            info = self.workers.get(update.node_id)
+            if info is None or update.seq in self.applied_keys.get(update.node_id, []):
+                return False
+            arrival = self.receivers[info["specialty"]].decode(update, len(body))
+        except (HttpError, Rejected) as exc:
+            self.log(f"journal: skipped an update that cannot be replayed ({exc})")
+            return False
+        self._accept(update.node_id, update, arrival.tensors, len(body))
+        return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.store.close()
+            self.events.close()
