@@ -51,7 +51,7 @@ def slices() -> tuple[dict[str, list], dict[str, list]]:
     train = {"python_a": python[510:550], "python_b": python[550:590], "sql": sql[:40],
              "docs": docs[:40]}
     dev = [r for r in sql if r.get("split") == "dev"]
-    held = {"python_expert": python[10:30], "sql_expert": dev[:20], "docs_expert": docs[-20:]}
+    held = {"python_expert": python[10:26], "sql_expert": dev[:16], "docs_expert": docs[-16:]}
     return train, held
 
 
@@ -62,16 +62,22 @@ class Coordinator:
         self.root, self.base, self.port = root, base, port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "PYTHONPATH": SRC, "THINWIRE_TOKEN": TOKEN}
-        self.start()
+        self.launch()
 
     def start(self) -> None:
+        self.launch()
+        self.ready()
+
+    def launch(self) -> None:
         cmd = [sys.executable, "-m", "thinwire.cli", "coordinator", "--experts", "--port",
                str(self.port), "--state-dir", str(self.root / "state"), "--base-model",
                str(self.base), "--codec", CODEC, "--lora-targets", TARGETS,
                "--round-timeout", "8"]
         self.log = open(self.root / "coordinator.log", "a")
         self.proc = subprocess.Popen(cmd, env=self.env, stderr=self.log)
-        end = time.monotonic() + 60
+
+    def ready(self) -> None:
+        end = time.monotonic() + 90
         while time.monotonic() < end:
             assert self.proc.poll() is None, (self.root / "coordinator.log").read_text()
             try:
@@ -102,7 +108,8 @@ class Coordinator:
     def worker(self, wid: str, specialty: str, dataset: Path) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "thinwire.cli", "worker", "--coordinator-url", self.url,
                "--worker-id", wid, "--specialty", specialty, "--dataset", str(dataset),
-               "--base-model", str(self.base), "--duration", "12", "--sync-interval", "2",
+               "--base-model", str(self.base), "--duration", "8", "--sync-interval", "1.5",
+               "--speed-factor", "3",  # sleeps 2/3 of the time: four workers share 2 cores
                "--lr", "1e-2", "--max-length", "160", "--token", TOKEN, "--retry-for", "30"]
         log = open(self.root / f"{wid}.log", "w")
         return subprocess.Popen(cmd, env=self.env, stderr=log)
@@ -120,11 +127,67 @@ def world(tmp_path_factory):
     from thinwire.service.quick_test import free_port
 
     co = Coordinator(root, base, free_port())
-    yield {"root": root, "base": base, "co": co, "held": held, "train": train}
+    # the workers start now and train while the unit tests run (they wait for the coordinator)
+    workers = {wid: co.worker(wid, spec, root / f"{file}.jsonl")
+               for wid, (spec, file) in WORKERS.items()}
+    yield {"root": root, "base": base, "co": co, "held": held, "train": train,
+           "workers": workers}
+    for proc in workers.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     co.stop()
 
 
 # ---- units --------------------------------------------------------------------------------
+def test_ffa_lora_aggregate_is_the_mean_of_dense_updates(world):
+    """Two workers' adapters trained from the same expert: the expert the coordinator keeps
+    after their round has exactly the mean dense ΔW (peft's own merge gives each ΔW)."""
+    import argparse
+    import copy
+
+    from thinwire.experts.config import load_config
+    from thinwire.experts.core import ExpertsCoordinator
+    from thinwire.experts.link import LocalLink
+    from thinwire.experts.trainer import Slice
+    from thinwire.experts.worker import build_worker
+    from thinwire.tasks.lm.embed import centroid
+
+    cfg = load_config(None, {"base_model": str(world["base"]), "codec": "none",
+                             "weight": "uniform", "lora_targets": ["q_proj", "v_proj"]})
+    loaded = load_base(world["base"])
+    co = ExpertsCoordinator(cfg, copy.deepcopy(loaded), world["root"] / "unit-state")
+    rows, workers, dense = world["train"]["python_a"], [], []
+    for i in range(2):  # both register first: the round waits for both
+        base = copy.deepcopy(loaded)
+        link = LocalLink(co, f"u{i}")
+        prompts = [r["prompt"] for r in rows]
+        conf = link.register({"worker_id": f"u{i}", "session": "s", "specialty": "py",
+                              "base": base.fingerprint, "count": len(prompts),
+                              "centroid": centroid(base.model, base.tokenizer, prompts).tolist()
+                              })["config"]
+        args = argparse.Namespace(max_length=128, lr=1e-2, batch_size=4, seed=i,
+                                  speed_factor=1.0, worker_id=f"u{i}", out=None,
+                                  specialty="py")
+        workers.append(build_worker(link, conf, base, rows[i * 20:(i + 1) * 20], args, None))
+    for w in workers:
+        w.load()
+        for _ in range(3):
+            w.trainer.train_for(0.0)
+        merged = copy.deepcopy(w.trainer.model).merge_and_unload()  # peft's B·A, not ours
+        dense.append({n: p.detach() - co.base_state[n]
+                      for n, p in unique_state(merged).items()})
+        assert w.upload(Slice(steps=3, samples=12, loss=1.0))
+    expert = co.experts["py"]
+    assert expert.version == 1 and len(expert.history[-1]["contributors"]) == 2
+    ours = co.gateway.expert_delta(expert)
+    mean = {n: (dense[0][n] + dense[1][n]) / 2 for n in dense[0]}
+    assert set(ours) == {n for n in mean if mean[n].abs().max() > 0}
+    for name, value in ours.items():
+        assert torch.allclose(value, mean[name], atol=1e-6), name
+    co.close()
+
+
 def test_bad_rows_name_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "reference_code": "b"}\n\n{"prompt": "c"}\n')
@@ -153,48 +216,183 @@ def test_ties_and_linear_merge():
     assert merging.merge_weights("x=2", {"x": 1, "y": 1}) == {"x": 2.0, "y": 0.0}
 
 
-def test_ffa_lora_aggregate_is_the_mean_of_dense_updates(world):
-    """Two workers' adapters trained from the same expert: the expert the coordinator keeps
-    after their round has exactly the mean dense ΔW (peft's own merge gives each ΔW)."""
-    import argparse
-    import copy
+# ---- real processes -----------------------------------------------------------------------
+def test_workers_build_experts_and_gateway(world):
+    co, root = world["co"], world["root"]
+    co.ready()
+    for wid, proc in world["workers"].items():
+        assert proc.wait(timeout=120) == 0, (root / f"{wid}.log").read_text()[-3000:]
+    status = co.get("/v1/status")
+    experts = status["experts"]
+    assert set(experts) == {"python_expert", "sql_expert", "docs_expert"}
+    assert all(e["version"] >= 2 for e in experts.values()), experts
+    together = [h for h in experts["python_expert"]["history"]
+                if {c["worker"] for c in h["contributors"]} == {"py-1", "py-2"}]
+    assert together, experts["python_expert"]["history"]  # one expert from two workers
+    gateway = co.get("/v1/gateway")
+    assert gateway["version"] == sum(e["version"] for e in experts.values())
+    assert gateway["experts"] == {n: e["version"] for n, e in experts.items()}
+    assert [h["version"] for h in gateway["history"]] == sorted(h["version"] for h in
+                                                                 gateway["history"])
+    assert status["upload_ratio"] > 10  # int8 LoRA B's against the fp32 model (tiny here)
+    rows = [json.loads(line) for line in (root / "state" / "results.jsonl").open()]
+    assert rows[-1]["runtime"] == "experts" and rows[-1]["compression_ratio_up"] > 10
 
-    from thinwire.experts.config import load_config
-    from thinwire.experts.core import ExpertsCoordinator
-    from thinwire.experts.link import LocalLink
-    from thinwire.experts.trainer import Slice
-    from thinwire.experts.worker import build_worker
-    from thinwire.tasks.lm.embed import centroid
 
-    cfg = load_config(None, {"base_model": str(world["base"]), "codec": "none",
-                             "weight": "uniform", "lora_targets": ["q_proj", "v_proj"]})
-    co = ExpertsCoordinator(cfg, load_base(world["base"]), world["root"] / "unit-state")
-    rows, workers, dense = world["train"]["python_a"], [], []
-    for i in range(2):  # both register first: the round waits for both
-        base = load_base(world["base"])
-        link = LocalLink(co, f"u{i}")
-        prompts = [r["prompt"] for r in rows]
-        conf = link.register({"worker_id": f"u{i}", "session": "s", "specialty": "py",
-                              "base": base.fingerprint, "count": len(prompts),
-                              "centroid": centroid(base.model, base.tokenizer, prompts).tolist()
-                              })["config"]
-        args = argparse.Namespace(max_length=128, lr=1e-2, batch_size=4, seed=i,
-                                  speed_factor=1.0, worker_id=f"u{i}", out=None,
-                                  specialty="py")
-        workers.append(build_worker(link, conf, base, rows[i * 20:(i + 1) * 20], args, None))
-    for w in workers:
-        w.load()
-        for _ in range(3):
-            w.trainer.train_for(0.0)
-        merged = copy.deepcopy(w.trainer.model).merge_and_unload()  # peft's B·A, not ours
-        dense.append({n: p.detach() - co.base_state[n]
-                      for n, p in unique_state(merged).items()})
-        assert w.upload(Slice(steps=3, samples=12, loss=1.0))
-    expert = co.experts["py"]
-    assert expert.version == 1 and len(expert.history[-1]["contributors"]) == 2
-    ours = co.gateway.expert_delta(expert)
-    mean = {n: (dense[0][n] + dense[1][n]) / 2 for n in dense[0]}
-    assert set(ours) == {n for n in mean if mean[n].abs().max() > 0}
-    for name, value in ours.items():
-        assert torch.allclose(value, mean[name], atol=1e-6), name
-    co.close()
+def test_expert_beats_base_on_its_specialty(world):
+    from thinwire.experts.client import CoordinatorClient
+
+    base = load_base(world["base"])
+    tok = base.tokenizer
+    client = CoordinatorClient(world["co"].url, TOKEN)
+    for specialty in ("python_expert", "sql_expert", "docs_expert"):
+        held = encode_rows(tok, world["held"][specialty], 160)
+        expert, _, _ = client.model(specialty)
+        before, _ = heldout_loss(base.model, held, tok.pad_token_id)
+        after, _ = heldout_loss(expert, held, tok.pad_token_id)
+        assert after < before, (specialty, before, after)
+    client.close()
+
+
+def test_gateway_tool_saves_and_exports(world, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from thinwire.cli import main as cli
+    from thinwire.experts.client import CoordinatorClient
+
+    root, co = world["root"], world["co"]
+    npz, st, hf = root / "gw.npz", root / "gw.safetensors", root / "gw-hf"
+    argv = ["gateway", "--coordinator-url", co.url, "--token", TOKEN, "--list-experts"]
+    assert cli(argv + ["--save-gateway", str(npz)]) == 0
+    assert cli(argv + ["--save-gateway", str(st), "--export-hf", str(hf)]) == 0
+    out = capsys.readouterr().out
+    assert "gateway version" in out and "python_expert v" in out and "merge: linear" in out
+    model, _, _ = CoordinatorClient(co.url, TOKEN).model("gateway")
+    ids = torch.randint(0, 500, (2, 24))
+    want = model(input_ids=ids).logits
+    for path in (npz, st):
+        tensors = load_weights(path)
+        assert "lm_head.weight" not in tensors  # tied: stored once
+        again = model_from_weights(model.config, tensors)
+        assert torch.equal(again(input_ids=ids).logits, want)
+    exported = AutoModelForCausalLM.from_pretrained(str(hf), local_files_only=True)
+    assert exported.lm_head.weight.data_ptr() == exported.model.embed_tokens.weight.data_ptr()
+    assert torch.allclose(exported(input_ids=ids).logits, want, atol=1e-5)
+
+
+def test_routing_and_generate(world, capsys):
+    from thinwire.cli import main as cli
+
+    co, held = world["co"], world["held"]
+    hits = total = 0
+    for specialty, rows in held.items():
+        for row in rows:
+            got = co.call("POST", "/v1/route", json={"prompt": row["prompt"]}).json()
+            hits += got["expert"] == specialty
+            total += 1
+    assert hits / total >= 0.75, f"routing {hits}/{total}"
+    prompt = held["sql_expert"][0]["prompt"]
+    assert cli(["generate", "--coordinator-url", co.url, "--token", TOKEN, "--prompt", prompt,
+                "--max-new-tokens", "5"]) == 0
+    assert "model: sql_expert v" in capsys.readouterr().out
+    assert cli(["generate", "--coordinator-url", co.url, "--token", TOKEN, "--prompt", prompt,
+                "--max-new-tokens", "5", "--model", "gateway"]) == 0
+    assert "model: gateway v" in capsys.readouterr().out
+
+
+# ---- crafted clients: rejections and kill -9 ------------------------------------------------
+def register(co, wid: str, specialty: str = "probe_expert", **change):
+    base = load_base(co.base)
+    body = {"worker_id": wid, "session": "probe", "specialty": specialty,
+            "base": base.fingerprint, "centroid": [1e3] * base.model.config.hidden_size,
+            "count": 1, **change}
+    return co.call("POST", "/v1/workers", json=body)
+
+
+def adapter(co, wid: str) -> tuple[dict[str, torch.Tensor], int]:
+    r = co.call("GET", "/v1/experts/adapter", params={"worker_id": wid})
+    assert r.status_code == 200, r.text
+    return {t.name: decode(t) for t in parse_update(r.content).tensors}, \
+        int(r.headers["x-thinwire-version"])
+
+
+def upload(wid: str, tensors: dict, seq: int, version: int, codec: str = CODEC,
+           nan: bool = False) -> bytes:
+    payloads = [make_codec(codec).encode(t, None, n) for n, t in tensors.items()]
+    if nan:  # an int8 payload whose scale is NaN: well-formed, decodes to NaN
+        payloads[0].buffers[-1] = torch.tensor([float("nan")])
+    return serialize_update(Update(node_id=wid, kind="delta", seq=seq, base_version=version,
+                                   num_samples=8, tensors=payloads))
+
+
+def test_bad_updates_are_refused_clearly(world):
+    co = world["co"]
+    assert register(co, "probe-0").status_code == 200
+    wrong_base = register(co, "probe-x", base="0" * 24)
+    assert wrong_base.status_code == 409 and "base model" in wrong_base.json()["error"]
+    assert register(co, "probe-y", centroid=[1.0]).status_code == 400
+    zeros, version = adapter(co, "probe-0")
+    name = next(iter(zeros))
+    cases = {
+        "has shape": upload("probe-0", {**zeros, name: torch.zeros(3, 3)}, 1, version),
+        "missing": upload("probe-0", dict(list(zeros.items())[1:]), 2, version),
+        "non-finite": upload("probe-0", zeros, 3, version, nan=True),
+        "ahead of": upload("probe-0", zeros, 4, version + 5),
+    }
+    for expect, body in cases.items():
+        r = co.call("POST", "/v1/updates", content=body)
+        assert r.status_code == 400 and expect in r.json()["error"], (expect, r.text)
+    r = co.call("POST", "/v1/updates", content=upload("probe-0", zeros, 9, version, "none"))
+    assert r.status_code == 400 and "expects 'int8'" in r.json()["error"]
+    r = co.call("POST", "/v1/updates", content=upload("probe-0", zeros, 10, version),
+                token="wrong")
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert co.call("GET", "/v1/status", token="wrong").status_code == 401
+    r = co.call("POST", "/v1/updates", content=b"\x00garbage")
+    assert r.status_code == 400 and "malformed" in r.json()["error"]
+    r = co.call("POST", "/v1/updates", content=upload("nobody", zeros, 1, 0))
+    assert r.status_code == 404 and "not registered" in r.json()["error"]
+    assert co.get("/v1/status")["experts"]["probe_expert"]["version"] == 0
+
+
+def test_kill9_keeps_acknowledged_updates(world):
+    """An acknowledged upload waits in an open round; kill -9; after the restart the round
+    closes with it, versions continue, and a resend is a duplicate, not a second apply."""
+    co = world["co"]
+    for wid in ("probe-a", "probe-b"):
+        assert register(co, wid, "probe2_expert").status_code == 200
+    zeros, version = adapter(co, "probe-a")
+    gen = torch.Generator().manual_seed(0)
+    a = {n: torch.randn(t.shape, generator=gen) * 1e-2 for n, t in zeros.items()}
+    b = {n: torch.randn(t.shape, generator=gen) * 1e-2 for n, t in zeros.items()}
+    body_a = upload("probe-a", a, 1, version)
+    r = co.call("POST", "/v1/updates", content=body_a)
+    assert r.status_code == 200 and r.json()["pending"] == ["probe-a"], r.text
+    before = co.get("/v1/status")
+    co.kill9()
+    co.start()
+    after = co.get("/v1/status")
+    assert {n: e["version"] for n, e in after["experts"].items()} == \
+        {n: e["version"] for n, e in before["experts"].items()}
+    assert after["gateway"]["version"] == before["gateway"]["version"]
+    assert after["experts"]["probe2_expert"]["pending"] == ["probe-a"]
+    assert co.call("POST", "/v1/updates", content=body_a).json()["status"] == "duplicate"
+    r = co.call("POST", "/v1/updates", content=upload("probe-b", b, 1, version))
+    assert r.status_code == 200 and r.json()["expert_version"] == version + 1, r.text
+    assert r.json()["gateway_version"] == before["gateway"]["version"] + 1
+    got, _ = adapter(co, "probe-a")
+    c = make_codec(CODEC)
+    for n in zeros:
+        want = (decode(c.encode(a[n], None, n)) + decode(c.encode(b[n], None, n))) / 2
+        assert torch.allclose(got[n], want, atol=1e-7), n
+
+
+def test_worker_refuses_a_bad_dataset_before_connecting(world, capsys):
+    from thinwire.experts.worker import worker_main
+
+    bad = world["root"] / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "reference_code": "y"}\n{"prompt": "only"}\n')
+    argv = ["--coordinator-url", "http://127.0.0.1:9", "--worker-id", "w", "--specialty",
+            "docs_expert", "--dataset", str(bad), "--base-model", str(world["base"])]
+    assert run_main(worker_main, argv) == 2
+    assert "bad.jsonl:2: field 'reference_code' is missing" in capsys.readouterr().err
