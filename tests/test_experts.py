@@ -55,6 +55,13 @@ def slices() -> tuple[dict[str, list], dict[str, list]]:
     return train, held
 
 
+def until(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 class Coordinator:
     """The coordinator subprocess and an HTTP client that speaks to it."""
 
@@ -77,15 +84,14 @@ class Coordinator:
         self.proc = subprocess.Popen(cmd, env=self.env, stderr=self.log)
 
     def ready(self) -> None:
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, (self.root / "coordinator.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("coordinator did not start")
+        until(self.healthy, 90, "coordinator start")
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, (self.root / "coordinator.log").read_text()
+        try:
+            return httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

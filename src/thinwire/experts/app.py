@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..config import add_config_flags, config_flags
-from ..server import BodyLimit, add_json_errors, bearer, require_token
+from ..server import BodyLimit, add_json_errors, add_listen_flags, bearer, require_token
 from .config import load_config
 from .core import ExpertsCoordinator
 from .link import VERSION
@@ -61,8 +62,17 @@ class RouteIn(BaseModel):
     prompt: str = Field(min_length=1, max_length=20_000)
 
 
-def create_app(core: ExpertsCoordinator, token: str | None = None) -> FastAPI:
-    app = FastAPI(title="thinwire federated experts", version="1",
+def create_app(core: ExpertsCoordinator, token: str | None = None,
+               log: Callable[[str], None] = print) -> FastAPI:
+    """The API; while it is served, a task closes late rounds (`core.tick`) every 0.2 s."""
+
+    @contextlib.asynccontextmanager
+    async def ticking(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(tick_forever(core, log))
+        yield
+        task.cancel()
+
+    app = FastAPI(title="thinwire federated experts", version="1", lifespan=ticking,
                   description="Per-specialty LoRA experts, a merged gateway, routing.")
     app.add_middleware(BodyLimit, limit=core.cfg.max_request_bytes)
     add_json_errors(app)
@@ -136,15 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinwire coordinator --experts", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experts", action="store_true", help="(selects this coordinator)")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface "
-                   "(then a --token is required)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--state-dir", type=Path, default=Path("runs/experts"),
-                   help="snapshot, journal, results.jsonl, events.jsonl (resumes if present)")
-    p.add_argument("--token", default=os.environ.get("THINWIRE_TOKEN"),
-                   help="bearer token for every call but /v1/health (default $THINWIRE_TOKEN)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --host without a token")
+    add_listen_flags(p, Path("runs/experts"), "bearer token for every call but /v1/health")
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--config", type=Path, help="YAML/JSON file of the keys below")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -168,27 +170,21 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     base = load_base(cfg.base_model, cfg.use_huggingface)
     core = ExpertsCoordinator(cfg, base, args.state_dir, log)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(core, args.token), host=args.host, port=args.port,
-        log_level="debug" if args.debug else "warning", access_log=args.debug))
-    stop = threading.Event()
-    ticker = threading.Thread(target=tick_loop, args=(core, stop, log), daemon=True)
     log(f"listening on http://{args.host}:{args.port} (base {base.name}, {cfg.finetune}, "
         f"codec {cfg.codec}, merge {cfg.merge}, state {args.state_dir})")
-    ticker.start()
     try:
-        server.run()
+        uvicorn.run(create_app(core, args.token, log), host=args.host, port=args.port,
+                    log_level="debug" if args.debug else "warning", access_log=args.debug)
     finally:
-        stop.set()
-        ticker.join(timeout=5)
         core.close()
     return 0
 
 
-def tick_loop(core: ExpertsCoordinator, stop: threading.Event, log: Any) -> None:
-    while not stop.wait(0.2):
+async def tick_forever(core: ExpertsCoordinator, log: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(0.2)
         try:
-            core.tick()
+            await run_in_threadpool(core.tick)
         except Exception as exc:  # noqa: BLE001  e.g. a full disk: report, keep serving
             log(f"background error: {type(exc).__name__}: {exc}")
 

@@ -40,28 +40,23 @@ class ExpertsConfig(CodecSection, StrategySection):
                                      "worker's last one is never reused")
 
     # ---- aggregation per specialty ----------------------------------------------------------
-    outer: Literal["plain", "nesterov"] = Field("plain", description="outer step: plain "
-                                                "(lr * mean) or Nesterov momentum (DiLoCo)")
+    outer: Literal["plain", "nesterov"] = Field("plain", description="outer step: lr * mean, "
+                                                "or Nesterov momentum (DiLoCo)")
     outer_lr: float = Field(1.0, gt=0, description="outer learning rate")
     outer_momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov outer momentum")
-    staleness_exponent: float = Field(0.5, ge=0, description="an update s versions stale "
-                                      "counts (1+s)^-a")
+    staleness_exponent: float = Field(0.5, ge=0, description="s versions stale: (1+s)^-a")
     max_staleness: int = Field(16, ge=0, description="refuse updates staler than this")
-    round_timeout: float = Field(30.0, gt=0, description="seconds a specialty's round waits "
-                                 "for its slower workers after the first upload")
-    offline_after: float = Field(120.0, gt=0, description="a silent worker stops being waited "
-                                 "for after this many seconds")
+    round_timeout: float = Field(30.0, gt=0, description="seconds a round waits for slow "
+                                 "workers after its first upload")
+    offline_after: float = Field(120.0, gt=0, description="seconds of silence before a "
+                                 "worker is no longer waited for")
 
     # ---- the gateway ------------------------------------------------------------------------
-    merge: Literal["linear", "ties"] = Field("linear", description="gateway merge: task "
-                                            "arithmetic or TIES")
+    merge: Literal["linear", "ties"] = Field("linear", description="task arithmetic or TIES")
     merge_weights: str = Field("samples", description="samples | uniform | name=w,name=w")
-    merge_scale: float = Field(1.0, gt=0, description="task-arithmetic lambda on the merged "
-                               "change")
-    ties_density: float = Field(0.2, gt=0, le=1, description="ties: fraction of each "
-                                "expert's change kept")
-    history: int = Field(1000, ge=1, description="versions of history kept per expert and "
-                         "for the gateway")
+    merge_scale: float = Field(1.0, gt=0, description="lambda on the merged change")
+    ties_density: float = Field(0.2, gt=0, le=1, description="fraction of each change kept")
+    history: int = Field(1000, ge=1, description="versions of history kept")
 
     # ---- limits -----------------------------------------------------------------------------
     max_request_bytes: int = Field(256 << 20, ge=1024)

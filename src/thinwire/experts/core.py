@@ -4,7 +4,7 @@ gateway is re-merged after each; prompts are routed to the nearest expert.
 
 The FastAPI app (app.py) and in-process links (link.py) drive it. All mutation happens under
 one lock. Every accepted message is journaled (fsync) before the call returns, and the state
-is snapshotted after each closed round (server/state.py), so `kill -9` loses nothing a worker
+is snapshotted after each closed round (server/), so `kill -9` loses nothing a worker
 was told was accepted: a restart loads the snapshot and replays the journal.
 """
 
@@ -24,7 +24,7 @@ from ..codecs import make_codec
 from ..exchange import Receiver, Rejected, TensorSet, wire_name
 from ..obs.events import EventLog
 from ..obs.ledger import LinkLedger
-from ..server import HttpError, StateError, StateStore
+from ..server import Durable, HttpError, StateError, StateStore, admit, check_staleness
 from ..strategy import KeyedStrategy, OuterStep, Strategy
 from ..tasks.lm.embed import embed, nearest
 from ..tasks.lm.merge import apply
@@ -47,7 +47,7 @@ def check_name(what: str, value: str) -> str:
     return value
 
 
-class ExpertsCoordinator:
+class ExpertsCoordinator(Durable):
     def __init__(self, cfg: ExpertsConfig, base: Base, state_dir: Path | str,
                  log: Log | None = None) -> None:
         self.cfg, self.base, self.log = cfg, base, log or (lambda s: None)
@@ -65,7 +65,6 @@ class ExpertsCoordinator:
         self.events = EventLog(self.store.dir, cfg.name())
         self.started = time.time()
         self._files: dict[str, str] | None = None
-        self._replaying = False
         self._fresh()
         self._restore()
 
@@ -162,11 +161,9 @@ class ExpertsCoordinator:
         self.workers[wid]["state"] = "left"
 
     def _known(self, wid: str) -> dict[str, Any]:
-        info = self.workers.get(wid)
-        if info is None:
-            raise HttpError(404, f"worker {wid!r} is not registered: POST /v1/workers first "
-                                 "(workers register again by themselves after a restart)")
-        return info
+        if wid not in self.workers:
+            raise HttpError(404, f"worker {wid!r} is not registered (POST /v1/workers)")
+        return self.workers[wid]
 
     def _touch(self, wid: str) -> None:
         info = self.workers[wid]
@@ -190,19 +187,10 @@ class ExpertsCoordinator:
             expert = self.experts[info["specialty"]]
             if update.seq in self.applied_keys.get(wid, []):
                 return self._answer(expert, "duplicate")
-            self._admissible(expert, update)
-            receiver = self.receivers[expert.name]
-            try:
-                receiver.check(update)
-                arrival = receiver.decode(update, len(body))
-            except Rejected as exc:
-                raise HttpError(400, str(exc)) from None
-            try:
-                self.store.append({"type": "update", "worker": wid}, body)
-            except OSError as exc:
-                arrival.undo()
-                raise HttpError(503, f"cannot journal the update ({exc.strerror}); retry "
-                                     "later") from None
+            check_staleness(expert.version, update.base_version, self.cfg.max_staleness,
+                            f"{expert.name}'s")
+            arrival = admit(self.receivers[expert.name], self.store, update, body,
+                            {"type": "update", "worker": wid})
             self._accept(wid, update, arrival.tensors, len(body))
             self._close_due(expert.name)
             return self._answer(expert, "accepted")
@@ -220,15 +208,6 @@ class ExpertsCoordinator:
             raise HttpError(400, f"seq/base_version {update.seq}/{update.base_version} out of "
                                  "range")
         return update
-
-    def _admissible(self, expert: Expert, update: Update) -> None:
-        if update.base_version > expert.version:
-            raise HttpError(400, f"base_version {update.base_version} is ahead of "
-                                 f"{expert.name}'s version {expert.version}")
-        stale = expert.version - update.base_version
-        if stale > self.cfg.max_staleness:
-            raise HttpError(409, f"update is {stale} versions stale (max_staleness "
-                                 f"{self.cfg.max_staleness}); pull the expert again")
 
     def _accept(self, wid: str, update: Update, tensors: TensorSet, nbytes: int) -> None:
         info = self.workers[wid]
@@ -355,17 +334,9 @@ class ExpertsCoordinator:
                 "workers": self.workers, "applied_keys": self.applied_keys,
                 "ledger": self.ledger.state_dict(), "gateway": self.gateway.state_dict()}
 
-    def commit(self) -> None:
-        """Snapshot everything, then drop the journal the snapshot now covers."""
-        if self._replaying:
-            return
-        self.store.save(self._tree())
-        self.store.reset_journal()
-
     def _restore(self) -> None:
-        tree = self.store.load()
+        tree = self.stored()
         if tree is None:
-            self.commit()
             return
         if tree["fingerprint"] != self.fingerprint:
             raise StateError(f"{self.store.dir} holds experts of base {tree['base']} "
@@ -385,31 +356,25 @@ class ExpertsCoordinator:
         self.ledger.load_state_dict(tree["ledger"])
         self.gateway.load_state_dict(tree["gateway"])
         self.gateway.rebuild(self.experts, bump=False)
-        replayed = self._replay()
+        replayed = self.replay(self._replay_one)
+        if replayed:
+            self.commit()
         self.log(f"resumed from {self.store.dir}: experts "
                  f"{ {n: e.version for n, e in self.experts.items()} }, gateway "
                  f"v{self.gateway.version}, {replayed} journaled message(s) replayed")
 
-    def _replay(self) -> int:
-        """Re-apply journaled messages the snapshot does not cover, in order."""
-        self._replaying, count = True, 0
-        try:
-            for rec, body in self.store.records():
-                kind = rec["type"]
-                if kind == "register":
-                    self._do_register(rec)
-                elif kind == "leave" and rec["worker"] in self.workers:
-                    self._do_leave(rec["worker"])
-                elif kind != "update" or not self._replay_update(body):
-                    continue
-                count += 1
-                for name in list(self.experts):
-                    self._close_due(name)
-        finally:
-            self._replaying = False
-        if count:
-            self.commit()
-        return count
+    def _replay_one(self, rec: dict[str, Any], body: bytes) -> bool:
+        """Re-apply one journaled message; rounds it completes close as they did live."""
+        kind = rec["type"]
+        if kind == "register":
+            self._do_register(rec)
+        elif kind == "leave" and rec["worker"] in self.workers:
+            self._do_leave(rec["worker"])
+        elif kind != "update" or not self._replay_update(body):
+            return False
+        for name in list(self.experts):
+            self._close_due(name)
+        return True
 
     def _replay_update(self, body: bytes) -> bool:
         try:

@@ -1,12 +1,11 @@
 """HTTP plumbing every coordinator app shares: errors as JSON, a bearer token, bounded
-request bodies, and the rule that a coordinator off loopback needs a token.
+request bodies.
 
 Runtimes never import each other, so what two coordinators (FLQ service, federated experts)
 both need lives here, below them.
 """
 
 import hmac
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -100,19 +99,3 @@ class BodyLimit:
         message = f"request body of {declared} bytes exceeds max_request_bytes={self.limit}"
         await JSONResponse({"error": message, "status": 413}, status_code=413)(
             scope, receive, send)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def require_token(host: str, token: str | None, insecure: bool = False) -> None:
-    """Refuse to listen beyond this machine without a token (unless told it is trusted)."""
-    if not is_loopback(host) and not token and not insecure:
-        raise ThinwireError(f"refusing to listen on {host} without a token: pass --token "
-                            "(or set THINWIRE_TOKEN), or --insecure on a trusted network")

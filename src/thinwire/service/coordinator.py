@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import os
 import sys
 import threading
@@ -35,6 +34,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ThinwireError
+from ..server import add_listen_flags, require_token
 from .config import load_config
 from .core import Coordinator
 from .admission import ServiceError
@@ -172,15 +172,6 @@ def create_app(core: Coordinator, token: str | None = None) -> FastAPI:
     return app
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def background(core: Coordinator, server: Any, exit_when_done: bool,
                stop: threading.Event) -> None:
     """Round deadlines, evaluations, final plots; asks the server to exit when done."""
@@ -203,17 +194,10 @@ def background(core: Coordinator, server: Any, exit_when_done: bool,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinwire coordinator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    add_listen_flags(p, Path("runs/flq"), "bearer token for mutating endpoints")
     p.add_argument("--config", type=Path, help="flq_config JSON/YAML (examples/flq/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. max_rounds=50")
-    p.add_argument("--state-dir", type=Path, default=Path("runs/flq"),
-                   help="snapshot, journal, results.jsonl and plots (resumes if present)")
-    p.add_argument("--token", default=os.environ.get("THINWIRE_TOKEN"),
-                   help="bearer token for mutating endpoints (default $THINWIRE_TOKEN)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --host without a token")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit after the last round is evaluated")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -224,9 +208,7 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    if not is_loopback(args.host) and not args.token and not args.insecure:
-        raise ThinwireError(f"refusing to listen on {args.host} without a token: pass --token "
-                            "(or set THINWIRE_TOKEN), or --insecure on a trusted network")
+    require_token(args.host, args.token, args.insecure)
     cfg = load_config(args.config, None, args.set)
 
     def log(line: str) -> None:

@@ -30,13 +30,13 @@ from .admission import ServiceError, check_worker_id
 from ..tasks.evaluate import evaluate
 from .results import counters, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
-from ..server.state import StateStore
+from ..server import Durable, StateStore
 
 Log = Callable[[str], None]
 Tensors = dict[str, torch.Tensor]
 
 
-class Coordinator(RoundLogic):
+class Coordinator(RoundLogic, Durable):
     def __init__(self, cfg: FLQConfig, state_dir: Path | str, log: Log | None = None,
                  task: Task | None = None) -> None:
         self.cfg, self.log = cfg, log or (lambda s: None)
@@ -293,17 +293,9 @@ class Coordinator(RoundLogic):
             "elapsed": self.elapsed(),
         }
 
-    def commit(self) -> None:
-        """Snapshot everything, then drop the journal the snapshot now covers."""
-        if self._replaying:
-            return
-        self.store.save(self._tree())
-        self.store.reset_journal()
-
     def _restore(self) -> None:
-        tree = self.store.load()
+        tree = self.stored()
         if tree is None:
-            self.commit()
             return
         if tree["config"] != self.cfg.model_dump(mode="json"):
             self.log(f"warning: {self.store.dir} was created with a different config; "

@@ -19,6 +19,7 @@ from typing import Any
 
 
 from ..exchange import Rejected, TensorSet
+from ..server import admit, check_staleness
 from ..strategy import Contribution, apply_delta
 from ..wire import Update
 from .admission import ServiceError, check_header
@@ -67,17 +68,8 @@ class RoundLogic:
             if [update.round, update.seq] in self.applied_keys.get(wid, []):
                 return self._answer("duplicate", applied=False)
             self._admissible(wid, update)
-            try:
-                self.receiver.check(update)
-                arrival = self.receiver.decode(update, len(body))
-            except Rejected as exc:
-                raise ServiceError(400, str(exc)) from None
-            try:
-                self.store.append({"type": "update", "worker": wid}, body)
-            except OSError as exc:
-                arrival.undo()
-                raise ServiceError(503, f"cannot journal the update ({exc.strerror}); the "
-                                        "coordinator's disk is failing, retry later") from None
+            arrival = admit(self.receiver, self.store, update, body,
+                            {"type": "update", "worker": wid}, ServiceError)
             self._accept(wid, update, arrival.tensors, len(body))
             answer = self._answer("accepted", applied=True)
             self._maybe_close()
@@ -89,13 +81,8 @@ class RoundLogic:
 
     def _admissible(self, wid: str, update: Update) -> None:
         if self.cfg.schedule == "async":
-            if update.base_version > self.version:
-                raise ServiceError(400, f"base_version {update.base_version} is ahead of the "
-                                        f"coordinator's version {self.version}")
-            stale = self.version - update.base_version
-            if stale > self.cfg.max_staleness:
-                raise ServiceError(409, f"update is {stale} versions stale (max "
-                                        f"{self.cfg.max_staleness}); pull the model again")
+            check_staleness(self.version, update.base_version, self.cfg.max_staleness,
+                            "the coordinator's", ServiceError)
             return
         if self.done:
             raise ServiceError(409, "training is finished; nothing more is accepted")
