@@ -207,6 +207,27 @@ def test_bad_rows_name_file_and_line(tmp_path):
         read_rows(path)
 
 
+def test_hub_names_need_modelscope_or_huggingface(monkeypatch, capsys):
+    import builtins
+
+    from thinwire.errors import ConfigError
+    from thinwire.experts.app import coordinator_main
+
+    real = builtins.__import__
+
+    def without_modelscope(name, *args, **kw):
+        if name.split(".")[0] == "modelscope":
+            raise ImportError(name)
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", without_modelscope)
+    with pytest.raises(ConfigError, match="ModelScope is not installed.*--use-huggingface"):
+        load_base("qwen/Qwen2-0.5B-Instruct")
+    monkeypatch.delenv("THINWIRE_TOKEN", raising=False)
+    assert run_main(coordinator_main, ["--experts", "--host", "0.0.0.0"]) == 2
+    assert "without a token" in capsys.readouterr().err
+
+
 def test_ties_and_linear_merge():
     a = {"w": torch.tensor([1.0, -2.0, 3.0, 0.5])}
     b = {"w": torch.tensor([1.0, 2.0, -1.0, 0.5])}
