@@ -61,6 +61,7 @@ class ExpertsConfig(CodecSection, StrategySection):
     # ---- limits -----------------------------------------------------------------------------
     max_request_bytes: int = Field(256 << 20, ge=1024)
     max_specialties: int = Field(64, ge=1)
+    max_workers: int = Field(1024, ge=1, description="registrations kept (ids ever seen)")
     run_name: str | None = None
 
     @model_validator(mode="after")

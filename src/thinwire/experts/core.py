@@ -26,14 +26,13 @@ from ..obs.events import EventLog
 from ..obs.ledger import LinkLedger
 from ..server import Durable, HttpError, StateError, StateStore, admit, check_staleness
 from ..strategy import KeyedStrategy, OuterStep, Strategy
-from ..tasks.lm.embed import embed, nearest
-from ..tasks.lm.merge import apply
-from ..tasks.lm.pretrained import Base, base_files, unique_state
+from ..tasks.lm.pretrained import Base, unique_state
 from ..wire import Update, WireLimits, parse_update, serialize_update
 from .config import ExpertsConfig
 from .expert import Expert
-from .gateway import Gateway, weights_body
+from .gateway import Gateway
 from .report import results_row, status_view
+from .serving import Serving
 
 Log = Callable[[str], None]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -47,7 +46,7 @@ def check_name(what: str, value: str) -> str:
     return value
 
 
-class ExpertsCoordinator(Durable):
+class ExpertsCoordinator(Serving, Durable):
     def __init__(self, cfg: ExpertsConfig, base: Base, state_dir: Path | str,
                  log: Log | None = None) -> None:
         self.cfg, self.base, self.log = cfg, base, log or (lambda s: None)
@@ -110,6 +109,9 @@ class ExpertsCoordinator(Durable):
             if info is not None and info["specialty"] != specialty and info["state"] != "left":
                 raise HttpError(409, f"worker {wid} is registered for {info['specialty']}; "
                                      "use another --worker-id for another specialty")
+            if info is None and len(self.workers) >= self.cfg.max_workers:
+                raise HttpError(409, f"{len(self.workers)} workers are registered "
+                                     "(max_workers); no more are accepted")
             if info is None or info["session"] != session or info["state"] != "active":
                 if specialty not in self.experts:
                     self._expert(specialty)  # refuses a specialty over the limit first
@@ -135,7 +137,8 @@ class ExpertsCoordinator(Durable):
         """A new worker or a restarted one (new session): its decoder and keys start over."""
         wid, old = rec["worker"], self.workers.get(rec["worker"])
         self._expert(rec["specialty"])
-        if old is not None and old["session"] == rec["session"]:
+        if old is not None and (old["session"], old["specialty"]) == (rec["session"],
+                                                                      rec["specialty"]):
             old["state"] = "active"
             return
         self.receivers[rec["specialty"]].forget(wid)
@@ -282,44 +285,6 @@ class ExpertsCoordinator(Durable):
     def version_of(self, wid: str) -> int:
         with self.lock:
             return self.experts[self._known(wid)["specialty"]].version
-
-    def gateway_body(self) -> tuple[bytes, int]:
-        with self.lock:
-            return self.gateway.body(), self.gateway.version
-
-    def expert_body(self, name: str) -> tuple[bytes, int]:
-        with self.lock:
-            expert = self.experts.get(name)
-            if expert is None:
-                raise HttpError(404, f"no expert {name!r}; experts: {sorted(self.experts)}")
-            state = apply(self.base_state, self.gateway.expert_delta(expert))
-            meta = {"kind": "expert", "name": name, "version": str(expert.version)}
-            return weights_body(state, meta), expert.version
-
-    def files(self) -> dict[str, str]:
-        """The base's config and tokenizer files (base64), for clients that rebuild it."""
-        if self._files is None:
-            self._files = base_files(self.base)
-        return self._files
-
-    # ---- routing ----------------------------------------------------------------------
-    def centroids(self) -> dict[str, torch.Tensor]:
-        """Each expert's centroid: its workers' centroids weighted by their prompt counts."""
-        with self.lock:
-            out: dict[str, list] = {}
-            for info in self.workers.values():
-                out.setdefault(info["specialty"], []).append((info["centroid"], info["count"]))
-        return {n: sum(c * k for c, k in pairs) / sum(k for _, k in pairs)
-                for n, pairs in out.items()}
-
-    def route(self, prompt: str) -> dict[str, Any]:
-        centroids = self.centroids()
-        if not centroids:
-            raise HttpError(409, "no expert has a centroid yet: start a worker first")
-        with self.embed_lock:
-            vector = embed(self.base.model, self.base.tokenizer, [prompt])[0]
-        name, dist = nearest(vector, centroids)
-        return {"expert": name, "version": self.experts[name].version, "distances": dist}
 
     def status(self) -> dict[str, Any]:
         with self.lock:

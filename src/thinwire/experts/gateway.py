@@ -33,9 +33,10 @@ class Gateway:
         self.experts: dict[str, int] = {}
         self._body: tuple[int, bytes] | None = None
 
-    def expert_delta(self, expert: Expert) -> Tensors:
-        """The dense change an expert makes to the base weights."""
-        return self.cfg.tuning(expert.name).dense(expert.tensors, self.base_model)
+    def expert_delta(self, expert: Expert, module: str | None = None) -> Tensors:
+        """The dense change an expert makes to the base weights (or to one module's)."""
+        tensors = expert.tensors if module is None else {module: expert.tensors[module]}
+        return self.cfg.tuning(expert.name).dense(tensors, self.base_model)
 
     def rebuild(self, experts: Mapping[str, Expert], trigger: str | None = None,
                 bump: bool = True) -> None:
@@ -43,9 +44,13 @@ class Gateway:
         trained = {n: e for n, e in sorted(experts.items()) if e.version > 0}
         self.weights = merge_weights(self.cfg.merge_weights,
                                      {n: e.samples for n, e in trained.items()})
-        deltas = [self.expert_delta(e) for e in trained.values()]
-        self.delta = merge(self.cfg.merge, deltas, [self.weights[n] for n in trained],
-                           self.cfg.merge_scale, self.cfg.ties_density) if deltas else {}
+        weights = [self.weights[n] for n in trained]
+        self.delta = {}
+        for module in sorted(next(iter(trained.values())).tensors) if trained else []:
+            # one module at a time: only one weight's worth of dense changes is alive
+            deltas = [self.expert_delta(e, module) for e in trained.values()]
+            self.delta.update(merge(self.cfg.merge, deltas, weights, self.cfg.merge_scale,
+                                    self.cfg.ties_density))
         self.experts = {n: e.version for n, e in trained.items()}
         self._body = None
         if bump:

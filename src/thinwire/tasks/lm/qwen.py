@@ -25,7 +25,10 @@ SIZES: dict[str, dict[str, int]] = {
     # a few hundred thousand parameters: unit and process tests
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2},
-    # ~6M with a 4k vocabulary: the benchmark's short run on 2 CPU cores
+    # ~1M with a 2k vocabulary: the benchmark's short run on 2 busy CPU cores
+    "mini": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
+             "num_attention_heads": 4, "num_key_value_heads": 2},
+    # ~6M with a 4k vocabulary
     "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 6,
               "num_attention_heads": 8, "num_key_value_heads": 2},
     # ~14M with a 4k vocabulary: the benchmark's full run

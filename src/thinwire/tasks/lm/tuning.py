@@ -88,9 +88,9 @@ class FFALora:
 
     def dense(self, tensors: Tensors, base: torch.nn.Module) -> Tensors:
         """{weight name: (alpha/r)·B·A}: the change B makes to each base weight."""
-        shapes = linear_shapes(base, self.targets)
+        inputs = {n: base.get_submodule(n).in_features for n in tensors}
         return {f"{n}.weight": self.scaling * (b.float() @ frozen_a(self.seed, n, self.rank,
-                                                                    shapes[n][1]))
+                                                                    inputs[n]))
                 for n, b in tensors.items()}
 
 
