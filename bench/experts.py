@@ -2,9 +2,9 @@
 merged gateway beat every single expert across all three, how close is it to one model
 trained on all the data, how small are the uploads, and how well does routing work?
 
-    PYTHONPATH=src python bench/experts.py --out runs/bench-experts            # short
-    PYTHONPATH=src python bench/experts.py --size medium --pretrain-s 1200 \\
-        --worker-s 1800 --heldout 0 --out runs/bench-experts-full                # full
+    PYTHONPATH=src python bench/experts.py --out runs/bench-experts          # short, ~17 min
+    PYTHONPATH=src python bench/experts.py --size medium --vocab 4096 --max-length 256 \\
+        --batch-size 16 --pretrain-s 1800 --worker-s 1800 --heldout 0 --out runs/full
 
 A Qwen2-architecture model from a config (sizes in tasks/lm/qwen.py) with a BPE tokenizer
 trained on the training splits; its base is first trained (all weights) on the three
@@ -159,9 +159,9 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench-experts"))
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--size", default="small", help="tasks/lm/qwen.py SIZES")
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--pretrain-s", type=float, default=120.0)
+    p.add_argument("--size", default="mini", help="tasks/lm/qwen.py SIZES")
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--pretrain-s", type=float, default=150.0)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--worker-s", type=float, default=120.0, help="budget per worker")
     p.add_argument("--sync-s", type=float, default=10.0)
@@ -169,9 +169,9 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default=",".join(QWEN2_ATTENTION + QWEN2_MLP))
     p.add_argument("--codec", default="int8")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--heldout", type=int, default=150, help="rows per specialty; 0 = all")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--heldout", type=int, default=200, help="rows per specialty; 0 = all")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     args.targets = args.targets.split(",")
