@@ -25,6 +25,7 @@ from thinwire.service.quick_test import free_port
 from thinwire.service.state import StateStore
 from thinwire.tasks import load_task
 from thinwire.wire import Update, parse_update, serialize_update
+from thinwire.wire.model import parse_model_message
 
 SYNTH = ["task=synthetic", "task_args={n_samples: 400, num_classes: 4, dim: 8}",
          "local_steps=5", "batch_size=16", "lr=0.1"]
@@ -94,7 +95,7 @@ class Service:
     def model(self, wid):
         r = self.call("GET", "/v1/model", params={"worker_id": wid})
         assert r.status_code == 200, r.text
-        return {t.name: decode(t) for t in parse_update(r.content).tensors}
+        return {t.name: decode(t) for t in parse_model_message(r.content)[1].tensors}
 
     def push(self, body):
         return self.call("POST", "/v1/updates", content=body)
@@ -280,12 +281,12 @@ def test_lossy_downlink_sends_deltas_that_track_the_view(tmp_path):
     co.register("a", "s")
     body, head = co.pull("a")
     assert head["X-Thinwire-Kind"] == "full"
-    worker = {t.name: decode(t) for t in parse_update(body).tensors}
+    worker = {t.name: decode(t) for t in parse_model_message(body)[1].tensors}
     names = [n for n in worker if not n.startswith("buffer:")]
     co.push(delta_update("a", 0, 1, {n: torch.full_like(worker[n], 1e-3) for n in names}))
     body, head = co.pull("a", have=0)
     assert head["X-Thinwire-Kind"] == "delta" and co.version == 1
-    for t in parse_update(body).tensors:
+    for t in parse_model_message(body)[1].tensors:
         worker[t.name] = worker[t.name] + decode(t)
     assert all(worker[n].equal(co.view[n]) for n in names)
     assert all(torch.allclose(co.view[n], co.params[n], atol=1e-5) for n in names)

@@ -25,6 +25,10 @@ class Rejected(ThinwireError):
     """A message this receiver refuses; the text says what was wrong and how to fix it."""
 
 
+class _LayoutRefusal(WireError):
+    """Carries a layout refusal out of the parser's `expect` hook."""
+
+
 @dataclass
 class Arrival:
     update: Update
@@ -49,17 +53,26 @@ class Receiver:
         self.decoders: dict[str, Decoder] = {}
 
     def receive(self, body: bytes, peer: str | None = None) -> Arrival:
-        update = self.parse(body)
+        update = self.parse(body)  # checks the layout too, before any decoding work
         if peer is not None and update.node_id != peer:
             raise Rejected(f"message from {peer!r} names node {update.node_id!r}")
-        self.check(update)
         return self.decode(update, len(body))
 
     def parse(self, body: bytes) -> Update:
         try:
-            return parse_update(body, self.limits)
+            return parse_update(body, self.limits, expect=self._expect)
+        except _LayoutRefusal as exc:
+            raise Rejected(str(exc)) from None
         except WireError as exc:
             raise Rejected(f"malformed update: {exc}") from None
+
+    def _expect(self, update: Update) -> None:
+        """The layout check, run by the parser before any codec reads a buffer; its
+        refusal surfaces from `parse` as a Rejected like any other."""
+        try:
+            self.check(update)
+        except Rejected as exc:
+            raise _LayoutRefusal(str(exc)) from None
 
     def check(self, update: Update) -> None:
         """Names must be exactly the layout's required tensors (plus optional other roles);

@@ -25,6 +25,8 @@ from ..policy import ModelDiffHistory
 from ..strategy import Strategy
 from ..tasks import Task, build_model, load_task
 from ..wire import Update, WireLimits, serialize_update
+from ..wire.control import ModelAnnounce
+from ..wire.model import model_message
 from .config import FLQConfig
 from .admission import ServiceError, check_worker_id
 from ..tasks.evaluate import evaluate
@@ -165,7 +167,8 @@ class Coordinator(RoundLogic):
 
     # ---- downlink ---------------------------------------------------------------------
     def pull(self, wid: str, have: int | None = None) -> tuple[bytes, dict[str, str]]:
-        """The model for worker `wid`: a delta against `have` when possible, else in full."""
+        """The model message for worker `wid` (wire/model.py: announce + Update): a delta
+        against `have` when possible, else in full. Headers repeat the announce for humans."""
         with self.lock:
             self._known(wid)
             self._touch(wid)
@@ -175,12 +178,15 @@ class Coordinator(RoundLogic):
             if key not in self._cache:
                 self._cache["full"] = self._full_message()
             body = self._cache[key]
+            announce = ModelAnnounce(version=self.version, round=self.round, done=self.done,
+                                     diffs=list(self.history.diffs),
+                                     model_codec=self.cfg.down_codec if key == "delta" else "")
+            body = model_message(announce, body)
             self.ledger.download(wid, 4 * self.numel, len(body))
             headers = {"X-Thinwire-Round": str(self.round),
                        "X-Thinwire-Version": str(self.version),
                        "X-Thinwire-Done": "1" if self.done else "0",
-                       "X-Thinwire-Kind": key,
-                       "X-Thinwire-Diffs": ",".join(f"{d:.9g}" for d in self.history.diffs)}
+                       "X-Thinwire-Kind": key}
             return body, headers
 
     def _full_message(self) -> bytes:

@@ -14,6 +14,7 @@ from ..codecs import decode
 from ..errors import CodecError
 from ..exchange import TensorSet
 from ..wire import Update
+from ..wire.model import parse_model_message
 from .learner import Learner, Proposal
 
 
@@ -32,6 +33,13 @@ class Link(Protocol):
     def skip(self, round_: int, reason: str) -> None: ...
     def offer(self, round_: int, score: float, bits: int) -> bool: ...
     def push(self, body: bytes) -> tuple[bool, str]: ...
+
+
+def read_model(body: bytes) -> tuple[Update, ModelInfo]:
+    """A pulled model message (wire/model.py) as the Update and its info."""
+    announce, update = parse_model_message(body)
+    return update, ModelInfo(announce.round, announce.version, announce.done,
+                             list(announce.diffs))
 
 
 @dataclass
@@ -88,13 +96,8 @@ class LocalLink:
         self.co, self.wid = coordinator, wid
 
     def pull(self, have: int | None, wait_round: int | None) -> tuple[Update, ModelInfo]:
-        from ..wire import parse_update
-
-        body, headers = self.co.pull(self.wid, have)
-        info = ModelInfo(int(headers["X-Thinwire-Round"]), int(headers["X-Thinwire-Version"]),
-                         headers["X-Thinwire-Done"] == "1",
-                         [float(v) for v in headers["X-Thinwire-Diffs"].split(",") if v])
-        return parse_update(body), info
+        body, _ = self.co.pull(self.wid, have)
+        return read_model(body)
 
     def skip(self, round_: int, reason: str) -> None:
         self.co.skip(self.wid, round_, reason)

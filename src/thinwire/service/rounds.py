@@ -67,8 +67,7 @@ class RoundLogic:
             if [update.round, update.seq] in self.applied_keys.get(wid, []):
                 return self._answer("duplicate", applied=False)
             self._admissible(wid, update)
-            try:
-                self.receiver.check(update)
+            try:  # the layout was checked while parsing
                 arrival = self.receiver.decode(update, len(body))
             except Rejected as exc:
                 raise ServiceError(400, str(exc)) from None

@@ -24,9 +24,9 @@ from typing import Any
 from ..errors import ThinwireError
 from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
-from ..wire import Update, parse_update
+from ..wire import Update
 from .learner import Learner
-from .round_trip import ModelInfo, load_model, worker_round
+from .round_trip import ModelInfo, load_model, read_model, worker_round
 
 
 class WorkerError(ThinwireError):
@@ -48,11 +48,7 @@ class HttpLink:
         r = self.transport.request("GET", "/v1/model", params=params)
         if r.status_code != 200:
             raise WorkerError(f"cannot fetch the model: {error_of(r)}")
-        h = r.headers
-        info = ModelInfo(int(h["x-thinwire-round"]), int(h["x-thinwire-version"]),
-                         h["x-thinwire-done"] == "1",
-                         [float(v) for v in h["x-thinwire-diffs"].split(",") if v])
-        return parse_update(r.content), info
+        return read_model(r.content)
 
     def skip(self, round_: int, reason: str) -> None:
         self.transport.request("POST", "/v1/skips", json={
