@@ -26,9 +26,9 @@ def model_set() -> TensorSet:
 def test_tensorset_roles_travel_and_come_back():
     ts = model_set()
     assert list(ts.params) == ["w", "b"] and list(ts.buffers) == ["bn.mean"]
-    back = TensorSet.from_wire(ts.to_wire())
+    back = TensorSet.from_state_dict(ts.state_dict())
     assert [back.role(n) for n in back] == ["param", "param", "buffer"]
-    assert layout_of(ts)["buffer:bn.mean"] == ((3,), "buffer")
+    assert layout_of(ts)["bn.mean"] == ((3,), "buffer")
     with pytest.raises(ValueError, match="role"):
         TensorSet({"x": torch.ones(1)}, role="weights")
 
@@ -44,6 +44,7 @@ def test_update_crosses_the_transport_and_decodes_with_roles():
     src, got = transport.recv(HUB)
     receiver = Receiver(layout_of(model), codec="int8")
     arrival = receiver.receive(got, src)
+    assert [t.name for t in update.tensors] == ["w", "b", "bn.mean"]  # names as in the model
     assert arrival.tensors.role("bn.mean") == "buffer"
     assert torch.equal(arrival.tensors["bn.mean"], model["bn.mean"])  # lossless
     assert torch.allclose(arrival.tensors["w"], model["w"], atol=0.05)
@@ -65,6 +66,10 @@ def test_receiver_refuses_wrong_layout_and_codec_and_changes_nothing():
     other = Sender("n0", Encoder("int8"), Always())
     with pytest.raises(Rejected, match="expects 'laq'"):
         receiver.receive(serialize_update(other.message(other.propose(dict(model.params), 0, 1))))
+    as_param = Sender("n0", Encoder("laq"), Always())  # a buffer sent as a parameter
+    swapped = {"w": model["w"], "b": model["b"], "bn.mean": model["bn.mean"]}
+    with pytest.raises(Rejected, match="sent as a param"):
+        receiver.receive(serialize_update(as_param.message(as_param.propose(swapped, 0, 1.0))))
     with pytest.raises(Rejected, match="malformed"):
         receiver.receive(b"\x00garbage")
     assert json.dumps(receiver.state_dict(), default=str) == json.dumps(before, default=str)

@@ -15,7 +15,8 @@ import torch
 from ..codecs import Decoder, make_codec
 from ..errors import CodecError, ThinwireError, WireError
 from ..wire import Update, WireLimits, parse_update
-from .tensorset import DEFAULT_ROLE, TensorSet
+from ..codecs import decode as decode_stateless
+from .tensorset import DEFAULT_ROLE, TensorSet, role_of
 
 Layout = dict[str, tuple[tuple[int, ...], str]]  # wire name -> (shape, role)
 REQUIRED_ROLES = (DEFAULT_ROLE,)  # other roles (buffers) may be left out
@@ -89,6 +90,9 @@ class Receiver:
                            f"unknown {unknown[:5]}; pull the model again and train on it")
         for t in update.tensors:
             shape, role = self.layout[t.name]
+            if role_of(t.role) != role:
+                raise Rejected(f"tensor '{t.name}' is sent as a {role_of(t.role)} but the model "
+                               f"holds it as a {role}")
             if tuple(t.shape) != shape:
                 raise Rejected(f"tensor '{t.name}' has shape {list(t.shape)[:8]} but the model "
                                f"has {list(shape)}")
@@ -101,7 +105,9 @@ class Receiver:
         decoder = self.decoders.setdefault(update.node_id, Decoder())
         before = decoder.state_dict() if decoder.state.slots else None
         try:
-            out = {t.name: decoder.decode(t).float() for t in update.tensors}
+            out = TensorSet()
+            for t in update.tensors:
+                out.add({t.name: decoder.decode(t).float()}, role_of(t.role))
             bad = [n for n, v in out.items() if v.numel() and not bool(torch.isfinite(v).all())]
             if bad:
                 raise Rejected(f"update decodes to non-finite values in {bad[:5]}; check the "
@@ -112,7 +118,7 @@ class Receiver:
         except BaseException:
             self.restore(update.node_id, before)
             raise
-        return Arrival(update, TensorSet.from_wire(out), nbytes, self, before)
+        return Arrival(update, out, nbytes, self, before)
 
     def restore(self, peer: str, before: dict | None) -> None:
         decoder = self.decoders.setdefault(peer, Decoder())
@@ -135,3 +141,11 @@ class Receiver:
             self.decoders[peer].load_state_dict(s)
 
 
+
+
+def decode_update(update: Update) -> TensorSet:
+    """Decode an update whose codecs keep no receiver state (models, downlink deltas)."""
+    out = TensorSet()
+    for t in update.tensors:
+        out.add({t.name: decode_stateless(t)}, role_of(t.role))
+    return out

@@ -20,6 +20,7 @@ import torch
 
 from ..codecs import Encoder, make_codec
 from ..exchange import Receiver, TensorSet, layout_of
+from ..exchange.tensorset import wire_role
 from ..obs.ledger import LinkLedger
 from ..policy import ModelDiffHistory
 from ..strategy import Strategy
@@ -192,7 +193,10 @@ class Coordinator(RoundLogic):
     def _full_message(self) -> bytes:
         none = make_codec("none")
         model = TensorSet(self.view).add(self.buffers, "buffer")
-        tensors = [none.encode(t.float(), None, w) for w, _, t in model.wire_items()]
+        tensors = []
+        for name, role, t in model.items_with_roles():
+            tensors.append(none.encode(t.float(), None, name))
+            tensors[-1].role = wire_role(role)
         return serialize_update(Update(node_id="coordinator", tensors=tensors, kind="model",
                                        round=self.round, base_version=self.version))
 

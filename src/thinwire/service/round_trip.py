@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..codecs import decode
 from ..errors import CodecError
-from ..exchange import TensorSet
+from ..exchange import decode_update
 from ..wire import Update
 from ..wire.model import parse_model_message
 from .learner import Learner, Proposal
@@ -56,10 +55,10 @@ def load_model(learner: Learner, link: Link, have: int | None,
     Returns the info and the version now held."""
     msg, info = link.pull(have, wait_round)
     try:
-        tensors = TensorSet.from_wire({t.name: decode(t) for t in msg.tensors})
+        tensors = decode_update(msg)
     except CodecError:  # a delta this worker cannot decode alone: ask for the full model
         msg, info = link.pull(None, wait_round)
-        tensors = TensorSet.from_wire({t.name: decode(t) for t in msg.tensors})
+        tensors = decode_update(msg)
     learner.load(tensors, add=msg.kind == "delta")
     learner.set_history(info.diffs)
     return info, info.version
