@@ -48,7 +48,13 @@ def summary_table(rows: list[dict]) -> str:
             f"{statistics.mean(r['comm_time_s_sim'] for r in rs):.4f}",
             f"{statistics.mean(r['wall_time_s'] for r in rs):.1f}",
         ])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return format_table(lines)
+
+
+def format_table(lines: list[list]) -> str:
+    """Left-aligned columns under a dashed rule; the first line is the header. Every
+    runtime's table (simulator, service, collective report) prints through this."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
