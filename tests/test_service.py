@@ -352,3 +352,14 @@ def test_journal_ignores_torn_tail_and_snapshot_roundtrips(tmp_path):
     assert tree["version"] == 3 and tree["w"]["x"].equal(torch.arange(4.0))
     store.reset_journal()
     assert list(store.records()) == []
+
+
+def test_worker_refuses_a_malformed_coordinator_config():
+    from thinwire.service.config import WorkerConfig
+
+    view = load_config(None, {"task": "synthetic"}).worker_view()
+    assert WorkerConfig.of(view).codec == "none" and view["mode"] == view["preset"]
+    with pytest.raises(ConfigError, match="cannot use.*lr"):
+        WorkerConfig.of({**view, "lr": -1})
+    with pytest.raises(ConfigError, match="schedule"):
+        WorkerConfig.of({k: v for k, v in view.items() if k != "schedule"})

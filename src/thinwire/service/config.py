@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import LAQ, CodecSection, TaskSection, build, redefault
+from ..config import LAQ, CodecSection, TaskSection, build, describe, redefault
 from ..config import validate as validate_model
 from ..errors import ConfigError
 
@@ -112,15 +112,56 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
         return self.run_name or f"flq-{self.preset}-{self.schedule}-s{self.seed}"
 
     def worker_view(self) -> dict[str, Any]:
-        """What a worker needs to train and encode like every other worker. `mode` and
-        `clock` repeat `preset` and `t_bar` for workers that read the old names."""
-        keys = ("total_workers", "batch_size", "local_steps", "lr", "momentum", "preset",
-                "error_feedback", "thr_scale", "t_bar", "warmup", "depth", "xi", "schedule",
-                "task", "model", "task_args", "split", "seed", "max_rounds", "mode", "clock")
-        view = {k: getattr(self, k) for k in keys}
-        view.update(codec=self.upload_codec(), lazy=self.is_lazy(), selection=self.selection,
-                    data_dir=str(self.data_dir) if self.data_dir else None)
-        return view
+        """What a worker needs to train and encode like every other worker (a `WorkerConfig`
+        as JSON). `mode` and `clock` repeat `preset` and `t_bar` for workers that read the
+        old names."""
+        fields = {k: getattr(self, k) for k in WorkerConfig.model_fields
+                  if k not in ("codec", "lazy", "selection", "data_dir")}
+        view = WorkerConfig(**fields, codec=self.upload_codec(), lazy=self.is_lazy(),
+                            selection=self.selection,
+                            data_dir=str(self.data_dir) if self.data_dir else None)
+        return {**view.model_dump(), "mode": self.preset, "clock": self.t_bar}
+
+
+class WorkerConfig(BaseModel):
+    """The coordinator's config as a worker sees it (the register answer's `config`), typed
+    so a worker refuses a malformed one with a clear error instead of a KeyError later."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    total_workers: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    local_steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    preset: str
+    error_feedback: bool
+    thr_scale: float = Field(ge=0)
+    t_bar: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    depth: int = Field(ge=1)
+    xi: float | None = None
+    schedule: Literal["sync", "async"]
+    task: str
+    model: str | None = None
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    split: str
+    seed: int
+    max_rounds: int = Field(ge=1)
+    codec: str
+    lazy: bool
+    selection: bool
+    data_dir: str | None = None
+
+    @classmethod
+    def of(cls, data: "WorkerConfig | dict[str, Any]") -> "WorkerConfig":
+        if isinstance(data, cls):
+            return data
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError("the coordinator sent a config this worker cannot use: "
+                              f"{describe(exc)}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None,

@@ -25,6 +25,7 @@ from ..errors import ThinwireError
 from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
 from ..wire import Update
+from .config import WorkerConfig
 from .learner import Learner
 from .round_trip import ModelInfo, load_model, read_model, worker_round
 
@@ -107,17 +108,17 @@ class Worker:
         return info
 
     def _learner(self, info: dict[str, Any]) -> Learner:
-        conf, a = info["config"], self.args
-        task_name = a.task or conf["task"]
-        data_dir = a.data_dir or (Path(conf["data_dir"]) if conf.get("data_dir") else None)
-        task = load_task(task_name, data_dir, **(conf["task_args"] if not a.task else {}))
-        index, count = info["index"], conf["total_workers"]
+        conf, a = WorkerConfig.of(info["config"]), self.args
+        task_name = a.task or conf.task
+        data_dir = a.data_dir or (Path(conf.data_dir) if conf.data_dir else None)
+        task = load_task(task_name, data_dir, **(conf.task_args if not a.task else {}))
+        index, count = info["index"], conf.total_workers
         if a.shard:
             index, count = (int(v) for v in a.shard.split("/"))
-        split = a.split or conf["split"]
-        shard = split_indices(task.train_y, count, split, conf["seed"])[index % count]
+        split = a.split or conf.split
+        shard = split_indices(task.train_y, count, split, conf.seed)[index % count]
         self.log(f"registered: shard {index}/{count} ({len(shard)} samples, {split}), "
-                 f"codec {conf['codec']}, lazy {conf['lazy']}, {conf['schedule']}")
+                 f"codec {conf.codec}, lazy {conf.lazy}, {conf.schedule}")
         self.conf = conf
         return Learner(task, shard, index, conf, self.wid, a.speed_factor)
 
@@ -133,7 +134,7 @@ class Worker:
         end = time.monotonic() + self.args.duration if self.args.duration else None
         next_round = info["round"]
         while end is None or time.monotonic() < end:
-            sync = self.conf["schedule"] == "sync"
+            sync = self.conf.schedule == "sync"
             meta, self.have = load_model(self.learner, self.link, self.have,
                                          next_round if sync else None)
             if meta.done:
@@ -144,7 +145,7 @@ class Worker:
                 continue  # long poll timed out; ask again
             self.seq += 1
             result = worker_round(self.learner, self.link, meta, self.seq, sync,
-                                  self.conf["selection"], self.conf["local_steps"],
+                                  self.conf.selection, self.conf.local_steps,
                                   self.args.sync_seconds)
             self._report(result)
             next_round = meta.round + 1
