@@ -28,6 +28,9 @@ class RunConfig(TaskSection, CodecSection, PolicySection, StrategySection, LinkS
     mode: Literal["sync", "fedavg"] = Field("sync", description="sync: data-parallel SGD, "
                                             "every step; fedavg: local steps, then deltas")
     local_steps: int = Field(5, ge=1, description="fedavg: local SGD steps per round")
+    down_error_feedback: bool = Field(False, description="the aggregator keeps the residual "
+                                      "of its lossy broadcast and adds it to the next one "
+                                      "(error feedback on the server, as in DoubleSqueeze)")
     centralized: bool = Field(False, description="one node, all data, no communication "
                               "(the baseline)")
     epochs: int = Field(3, ge=1, description="passes over the training data")
@@ -70,7 +73,10 @@ class RunConfig(TaskSection, CodecSection, PolicySection, StrategySection, LinkS
         from ..codecs import build
 
         ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
+        down = build(self.down_codec)
         extras = "".join(f"-{tag}" for tag, on in (
+            (f"down-{self.down_codec}" + ("+ef" if self.down_error_feedback else ""),
+             self.down_codec != "none" and down.lossy),
             ("pack", self.pack), (self.skipped, self.skipped != "reuse"),
             (f"lr{self.lr_schedule}", self.lr_schedule != "constant")) if on)
         return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"
