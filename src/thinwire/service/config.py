@@ -60,7 +60,17 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
     commit_every: int = Field(1, ge=1, description="async: rounds between snapshots "
                                                     "(sync snapshots after every round)")
     eval_every: int = Field(1, ge=1, description="rounds between test evaluations")
-    max_request_bytes: int = Field(256 << 20, ge=1024)
+    max_request_bytes: int = Field(256 << 20, ge=1024, description="largest update body")
+    max_json_bytes: int = Field(64 << 10, ge=1024, description="largest body of the JSON "
+                                "endpoints (register, skip, offer, ...)")
+    request_timeout: float = Field(10.0, gt=0, description="seconds for a request's "
+                                   "headers, and the longest silence inside a body")
+    body_min_rate: int = Field(1024, ge=1, description="bytes/s a body must average "
+                               "(after request_timeout) before it is cut off with 408")
+    max_registered: int | None = Field(None, ge=1, description="registry size; default "
+                                       "4*total_workers+16 (left workers are evicted first)")
+    worker_keys: bool = Field(True, description="issue a per-worker key at registration "
+                              "and require it for that worker id")
     codec: str | None = Field(None, description="override the preset's upload codec")
     lazy: bool | None = Field(None, description="override the preset's lazy rule")
     run_name: str | None = None
@@ -101,6 +111,9 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
     @property
     def selection(self) -> bool:
         return self.sel_clients > 0 or self.up_budget_bits > 0
+
+    def registry_cap(self) -> int:
+        return self.max_registered or 4 * self.total_workers + 16
 
     def offline_seconds(self) -> float:
         return self.offline_after or 2.0 * self.round_timeout

@@ -1,7 +1,9 @@
 """Durable coordinator state: an atomic safetensors snapshot plus an fsynced update journal.
 
 The snapshot (`state.safetensors`) holds every tensor (global model, per-worker reused
-contributions and decoder references) and, in its header metadata, the JSON of everything else.
+contributions and decoder references) and, in its header metadata, a JSON document: the
+state tree with each tensor as null, plus a separate list of [path, tensor key] references
+(typed by position, not by a marker a stored value could imitate).
 One file, written to a temp name, fsynced, renamed, directory fsynced: a crash leaves either
 the old or the new snapshot, never a mix. `state.json` is a readable copy of the metadata.
 
@@ -32,33 +34,66 @@ from ..errors import ThinwireError
 MAGIC = b"TWJ1"
 FRAME = struct.Struct("<IQ")
 SNAPSHOT, META, JOURNAL = "state.safetensors", "state.json", "journal.bin"
+ENCODING = 3  # tree + separate tensor references (2: in-tree {"__tensor__": key} markers)
 
 
 class StateError(ThinwireError):
     """A state directory that cannot be read or written."""
 
 
-# ---- tensors inside nested dicts <-> (JSON tree, flat tensor dict) ------------------------
-def split_tree(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace every tensor by {"__tensor__": key}, collecting clones under `prefix/...`."""
+# ---- tensors inside nested dicts <-> (JSON tree, tensor references, flat tensor dict) ------
+def split_tree(obj: Any, tensors: dict[str, torch.Tensor], refs: list[list],
+               path: list | None = None) -> Any:
+    """A JSON copy of `obj` in which each tensor is None, listed in `refs` as [path, key]
+    (path: dict keys and list indices from the root), its clone in `tensors[key]`. The
+    references live beside the tree, not in it, so no value inside the tree (a worker's
+    capabilities, say) can pose as one."""
+    path = [] if path is None else path
     if isinstance(obj, torch.Tensor):
-        key = prefix
+        key = str(len(tensors))
         tensors[key] = obj.detach().cpu().contiguous().clone()
-        return {"__tensor__": key}
+        refs.append([list(path), key])
+        return None
     if isinstance(obj, dict):
-        return {str(k): split_tree(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [split_tree(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
-    return obj
+        items = [(str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = list(enumerate(obj))
+    else:
+        return obj
+    out: Any = {} if isinstance(obj, dict) else [None] * len(items)
+    for k, v in items:
+        path.append(k)
+        out[k] = split_tree(v, tensors, refs, path)
+        path.pop()
+    return out
 
 
-def join_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def join_tree(tree: Any, refs: list, tensors: dict[str, torch.Tensor]) -> Any:
+    """Put each referenced tensor back where `split_tree` found it."""
+    for ref in refs:
+        path, key = ref
+        if not path or key not in tensors:
+            raise ValueError(f"bad tensor reference {ref!r}")
+        parent = tree
+        for step in path[:-1]:
+            parent = parent[step]
+        last = path[-1]
+        if not isinstance(parent, (dict, list)) or parent[last] is not None:
+            raise ValueError(f"tensor reference {ref!r} does not point at a placeholder")
+        parent[last] = tensors[key]
+    return tree
+
+
+def join_legacy(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Snapshots written before the references moved out of the tree ({"__tensor__": key}
+    markers): a marker naming no stored tensor is left as plain data."""
     if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        return {k: join_tree(v, tensors) for k, v in obj.items()}
+        ref = obj.get("__tensor__")
+        if len(obj) == 1 and isinstance(ref, str) and ref in tensors:
+            return tensors[ref]
+        return {k: join_legacy(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [join_tree(v, tensors) for v in obj]
+        return [join_legacy(v, tensors) for v in obj]
     return obj
 
 
@@ -97,9 +132,10 @@ class StateStore:
     def save(self, tree: dict[str, Any]) -> int:
         """Commit `tree` (JSON values and tensors) atomically; returns bytes written."""
         tensors: dict[str, torch.Tensor] = {}
-        meta = split_tree(tree, "t", tensors)
-        text = json.dumps(meta)
-        data = st_save(tensors, metadata={"thinwire": text})
+        refs: list[list] = []
+        meta = {"encoding": ENCODING, "tree": split_tree(tree, tensors, refs),
+                "tensors": refs}
+        data = st_save(tensors, metadata={"thinwire": json.dumps(meta)})
         atomic_write(self.dir / SNAPSHOT, data)
         atomic_write(self.dir / META, json.dumps(meta, indent=1, sort_keys=True).encode())
         return len(data)
@@ -114,10 +150,13 @@ class StateStore:
             header_len = struct.unpack("<Q", data[:8])[0]
             header = json.loads(data[8: 8 + header_len])
             meta = json.loads(header["__metadata__"]["thinwire"])
-        except (SafetensorError, KeyError, ValueError, struct.error) as exc:
-            raise StateError(f"{path} is corrupt ({exc}); restore a backup or start with a "
-                             "fresh --state-dir") from None
-        return join_tree(meta, tensors)
+            if isinstance(meta, dict) and meta.get("encoding") == ENCODING:
+                return join_tree(meta["tree"], meta["tensors"], tensors)
+            return join_legacy(meta, tensors)
+        except (SafetensorError, KeyError, IndexError, TypeError, ValueError, struct.error,
+                RecursionError) as exc:
+            raise StateError(f"{path} is corrupt ({type(exc).__name__}: {exc}); restore a "
+                             "backup or start with a fresh --state-dir") from None
 
     # ---- journal ----------------------------------------------------------------------
     def append(self, header: dict[str, Any], body: bytes = b"") -> None:
@@ -142,8 +181,12 @@ class StateStore:
             (crc,) = struct.unpack_from("<I", data, end)
             if crc != zlib.crc32(body, zlib.crc32(head)):
                 return
-            yield json.loads(head), body
             pos = end + 4
+            try:
+                header = json.loads(head)
+            except (ValueError, RecursionError):
+                header = {"type": "unreadable"}  # replay logs and skips it
+            yield header, body
 
     def reset_journal(self) -> None:
         """Start an empty journal (after a snapshot that covers every record)."""
