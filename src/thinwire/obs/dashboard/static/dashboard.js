@@ -7,6 +7,7 @@ const CHARTS = [
   ["accuracy", "Test accuracy (%)"],
   ["bytes", "Wire bytes, cumulative (MB)"],
   ["bandwidth", "Bandwidth per link, measured (kB/s)"],
+  ["network", "Machine network, OS counters (kB/s)"],
   ["uploads", "Uploads sent (fraction of opportunities)"],
   ["comm", "Communication time (s): simulated vs measured"],
   ["steptime", "Step / round time (ms)"],
@@ -21,8 +22,11 @@ const EMPTY = {
   comm: "no communication time reported yet",
 };
 const RANGES = {accuracy: [0, 100], uploads: [0, 1.05]};  // fixed y ranges; others fit
+// one color per run (or node) on every chart; its series within a chart differ by dash
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                 "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+const DASHES = [[], [8, 4], [2, 3], [12, 3, 3, 3], [1, 6]];
+const colorOf = new Map();  // run or run/node -> color, in order of appearance
 const LIVE_S = 15;  // a run with no event for longer and no `end` is shown as stopped
 
 const runs = {};    // name -> {t0, last, lastT, ended, peers, offset}
@@ -45,10 +49,11 @@ function setupCharts() {
   }
 }
 
-function put(id, name, x, v, scale = 1) {
+function put(id, who, label, x, v, scale = 1) {
   if (!num(v)) return;
-  const series = charts[id].series;
-  if (!series.has(name)) series.set(name, {x: [], y: []});
+  const series = charts[id].series, name = who + label;
+  if (!colorOf.has(who)) colorOf.set(who, COLORS[colorOf.size % COLORS.length]);
+  if (!series.has(name)) series.set(name, {x: [], y: [], who});
   const s = series.get(name);
   s.x.push(x);
   s.y.push(v * scale);
@@ -64,25 +69,25 @@ function extract(ev, run) {
   const who = ev.node ? `${ev.run || run}/${ev.node}` : run;
   const x = Math.round((ev.t - runs[run].t0) * 1000) / 1000;
   if (ev.type === "step" || ev.type === "round") {
-    put("loss", who, x, ev.train_loss);
-    put("accuracy", who, x, ev.test_accuracy, 100);
-    put("bytes", who + " up", x, ev.bytes_up_wire, 1e-6);
-    put("bytes", who + " down", x, ev.bytes_down_wire, 1e-6);
-    put("uploads", who, x, fraction(ev.uploads, ev.skipped));
-    put("comm", who + " simulated", x, ev.comm_time_s_sim);
-    put("comm", who + " measured", x, ev.comm_time_s);
+    put("loss", who, "", x, ev.train_loss);
+    put("accuracy", who, "", x, ev.test_accuracy, 100);
+    put("bytes", who, " up", x, ev.bytes_up_wire, 1e-6);
+    put("bytes", who, " down", x, ev.bytes_down_wire, 1e-6);
+    put("uploads", who, "", x, fraction(ev.uploads, ev.skipped));
+    put("comm", who, " simulated", x, ev.comm_time_s_sim);
+    put("comm", who, " measured", x, ev.comm_time_s);
   } else if (ev.type === "epoch") {
-    put("accuracy", who, x, ev.test_accuracy, 100);
+    put("accuracy", who, "", x, ev.test_accuracy, 100);
   } else if (ev.type === "resources") {
-    put("cpu", who, x, ev.cpu_percent);
-    put("memory", who, x, ev.rss_bytes, 1e-6);
-    put("gpu", who, x, ev.gpu_utilization);
-    put("gpumem", who, x, ev.gpu_memory_bytes ?? ev.gpu_memory_allocated_bytes, 1e-6);
-    put("steptime", who, x, ev.step_time_s, 1e3);
+    put("cpu", who, "", x, ev.cpu_percent);
+    put("memory", who, "", x, ev.rss_bytes, 1e-6);
+    put("gpu", who, "", x, ev.gpu_utilization);
+    put("gpumem", who, "", x, ev.gpu_memory_bytes ?? ev.gpu_memory_allocated_bytes, 1e-6);
+    put("steptime", who, "", x, ev.step_time_s, 1e3);
     for (const [link, bps] of Object.entries(ev.link_bps || {}))
-      put("bandwidth", `${who} ${link.replace(">", "→")}`, x, bps, 1e-3);
-    put("bandwidth", `${who} OS sent`, x, ev.net_sent_bps, 1e-3);
-    put("bandwidth", `${who} OS received`, x, ev.net_recv_bps, 1e-3);
+      put("bandwidth", who, " " + link.replace(">", "→"), x, bps, 1e-3);
+    put("network", who, " sent", x, ev.net_sent_bps, 1e-3);
+    put("network", who, " received", x, ev.net_recv_bps, 1e-3);
   }
 }
 
@@ -106,9 +111,8 @@ function newRun(name) {
 
 function forget(name) {  // the file was started anew: drop what the page holds of it
   for (const c of Object.values(charts))
-    for (const key of [...c.series.keys()])
-      if (key === name || key.startsWith(name + "/") || key.startsWith(name + " "))
-        c.series.delete(key);
+    for (const [key, s] of [...c.series])
+      if (s.who === name || s.who.startsWith(name + "/")) c.series.delete(key);
   newRun(name);
 }
 
@@ -137,23 +141,27 @@ function align(list) {
   return data;
 }
 
-function tick(v) {
-  if (v === null) return "";
-  const a = Math.abs(v);
-  if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
-  if (a >= 100 || a === 0) return v.toFixed(0);
-  return a >= 1 ? String(+v.toFixed(2)) : String(+v.toPrecision(2));
+// tick labels with as many decimals as the tick spacing needs (uPlot passes it as incr)
+function ticks(u, vals, axis, space, incr) {
+  const decimals = Math.min(Math.max(0, -Math.floor(Math.log10(incr || 1))), 8);
+  return vals.map(v => v === null ? "" : Math.abs(v) >= 1e4 && incr >= 1e3
+    ? (v / 1e3).toFixed(0) + "k" : v.toFixed(decimals));
 }
 
-function plotOptions(id, el, names) {
+function plotOptions(id, el, names, list) {
+  const dashOf = new Map();  // series index within its run or node
+  const style = (n, i) => {
+    const who = list[i].who, k = dashOf.get(who) || 0;
+    dashOf.set(who, k + 1);
+    return {label: n, stroke: colorOf.get(who), dash: DASHES[k % DASHES.length], width: 1.5,
+            spanGaps: true, points: {show: false}};
+  };
   const y = RANGES[id] ? {range: RANGES[id]} : {};
   return {
     width: Math.max(el.clientWidth - 16, 300), height: 220,
     scales: {x: {time: false}, y},
-    axes: [{label: "s", labelSize: 14}, {size: 60, values: (u, vals) => vals.map(tick)}],
-    series: [{label: "s"}].concat(names.map((n, i) => ({
-      label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,
-      points: {show: false}}))),
+    axes: [{label: "s", labelSize: 14}, {size: 60, values: ticks}],
+    series: [{label: "s"}].concat(names.map(style)),
     legend: {live: true},
   };
 }
@@ -161,14 +169,14 @@ function plotOptions(id, el, names) {
 function drawChart(id, c) {
   const names = [...c.series.keys()].sort();
   if (!names.length) return;
-  const data = align(names.map(n => c.series.get(n)));
+  const list = names.map(n => c.series.get(n)), data = align(list);
   const box = c.el.querySelector(".plot");
   if (c.plot && names.join("\n") === c.names.join("\n")) {
     c.plot.setData(data);
   } else {
     if (c.plot) c.plot.destroy();
     box.innerHTML = "";
-    c.plot = new uPlot(plotOptions(id, c.el, names), data, box);
+    c.plot = new uPlot(plotOptions(id, c.el, names, list), data, box);
     c.names = names;
   }
   c.el.dataset.points = String(names.reduce((n, k) => n + c.series.get(k).x.length, 0));
