@@ -137,14 +137,14 @@ def test_torn_lines_wait_and_a_restarted_file_resets(client, tmp_path):
     "/api/events?run=../secret.txt", "/api/events?run=%2E%2E%2Fsecret.txt",
     "/api/events?run=/etc/passwd", "/api/events?run=run-a/../../secret.txt",
     "/api/events?run=unknown", "/static/..%2F..%2Fsecret.txt", "/static/app.py",
-    "/static/%2E%2E%2Fapp.py", "/../secret.txt", "/runs/run-a/events.jsonl"])
+    "/static/%2E%2E%2Fapp.py", "/../secret.txt", "/runs/run-a/events.jsonl", "/api/events"])
 def test_unknown_runs_and_traversal_attempts_are_404(client, url):
     answer = client.get(url)
     assert answer.status_code == 404
     assert "not for the web" not in answer.text
 
 
-@pytest.mark.parametrize("since", ["-1", "abc", "1e99"])
+@pytest.mark.parametrize("since", ["-1", "abc", "1e99", "²", "9" * 40, ""])
 def test_bad_parameters_are_400_and_the_server_stays_up(client, since):
     assert client.get("/api/events", params={"run": "run-a", "since": since}).status_code == 400
     assert client.get("/api/runs").status_code == 200

@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -63,11 +62,12 @@ def create_app(index: RunIndex, stopping: threading.Event | None = None) -> Fast
         return {"runs": await run_in_threadpool(index.describe)}
 
     @app.get("/api/events")
-    async def events(run: str, since: int = Query(0, ge=0)) -> dict[str, Any]:
+    async def events(run: str = "", since: str = "0") -> dict[str, Any]:
+        offset = parse_since(since)
         path = await run_in_threadpool(index.find, run)
         if path is None:
             raise HTTPException(404, f"no run named {run!r}: see /api/runs")
-        return chunk_json(run, await run_in_threadpool(read_chunk, path, since))
+        return chunk_json(run, await run_in_threadpool(read_chunk, path, offset))
 
     @app.get("/api/stream")
     async def stream(request: Request, offsets: str = "") -> StreamingResponse:
@@ -81,24 +81,26 @@ def create_app(index: RunIndex, stopping: threading.Event | None = None) -> Fast
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Errors as {"error", "status"} JSON: 404 for unknown names, 400 for bad parameters."""
+    """Errors as {"error", "status"} JSON: 404 for unknown names, 400 for bad parameters
+    (parameters are plain strings parsed here, so every mistake gets a message that says
+    what to send)."""
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail), "status": exc.status_code},
                             status_code=exc.status_code)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
-        return JSONResponse({"error": f"bad request: {problems}", "status": 400},
-                            status_code=400)
-
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}", "status": 500},
                             status_code=500)
+
+
+def parse_since(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise HTTPException(400, f"since={text[:40]!r}: give a byte offset, a whole number "
+                                 ">= 0 (the `next` of the previous answer)")
+    return int(text)
 
 
 def parse_offsets(text: str) -> dict[str, int]:
