@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,44 @@ def test_monitor_samples_rates_progress_and_extra(tmp_path):
     assert moved and set(moved[0]["link_bps"]) == {"n0>aggregator", "aggregator>n0"}
     assert moved[0]["bytes_up_bps"] * 0.5 == pytest.approx(moved[0]["bytes_down_bps"], rel=0.01)
     assert all(isinstance(s.get("gpu_utilization", 0.0), (int, float)) for s in samples)
+
+
+class FakeNvml:
+    """pynvml's calls the monitor makes, on two GPUs; `broken` fails like a lost driver."""
+
+    broken = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        if self.broken:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h: int):
+        return types.SimpleNamespace(gpu=40 + 20 * h)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int):
+        return types.SimpleNamespace(used=(h + 1) * 2**30)
+
+
+def test_gpu_figures_from_pynvml_and_none_when_it_fails(monkeypatch):
+    from thinwire.obs import resources
+
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(resources, "_NVML", [])
+    gpu = resources._gpu()
+    assert gpu["gpu_count"] == 2 and gpu["gpu_utilization"] == 50
+    assert gpu["gpu_memory_bytes"] == 3 * 2**30
+    fake.broken = True
+    assert "gpu_utilization" not in resources._gpu()  # absent, never an error
+    monkeypatch.setattr(resources, "_NVML", [])
+    assert "gpu_count" not in resources._gpu()
 
 
 def test_coordinator_writes_round_and_resource_events(tmp_path):
