@@ -19,7 +19,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from thinwire.codecs import decode, make_codec
+from thinwire.errors import ThinwireError
 from thinwire.obs.dashboard import DashboardServer, RunIndex
+from thinwire.obs.dashboard.server import parse_address
 from thinwire.obs.dashboard.app import create_app, parse_offsets
 from thinwire.obs.events import EventLog, read_events
 from thinwire.obs.ledger import LinkLedger
@@ -205,6 +207,20 @@ def test_stream_sends_runs_then_events_and_resumes_from_offsets(tmp_path):
         assert later[1][1]["start"] == end and len(later[1][1]["events"]) == 1
     finally:
         server.stop()
+
+
+def test_a_port_in_use_and_a_bad_address_are_one_line_errors(tmp_path):
+    server = DashboardServer([tmp_path], port=0)
+    try:
+        with pytest.raises(ThinwireError, match="cannot listen"):
+            DashboardServer([tmp_path], port=server.port)
+    finally:
+        server.sock.close()
+    assert parse_address("3000") == ("127.0.0.1", 3000)
+    assert parse_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    for bad in ("abc", "host:", "70000"):
+        with pytest.raises(ThinwireError):
+            parse_address(bad)
 
 
 def test_malformed_offsets_count_as_none():

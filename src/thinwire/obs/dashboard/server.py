@@ -110,11 +110,18 @@ def open_dashboard(address: str | None, folders: list[Path | str]) -> Iterator[
         yield None
         return
     server = DashboardServer(folders, *parse_address(address)).start()
-    print(f"dashboard: {server.url}", file=sys.stderr, flush=True)
+    announce(server)
     try:
         yield server
     finally:
         server.stop()
+
+
+def announce(server: DashboardServer, tail: str = "") -> None:
+    print(f"dashboard: {server.url}{tail}", file=sys.stderr, flush=True)
+    if server.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dashboard: listening on {server.host}, without a password: whoever reaches "
+              "it can read these runs' events", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +143,6 @@ def dashboard_main(argv: list[str] | None = None) -> int:
     if missing:
         raise ThinwireError(f"dashboard: no such folder: {', '.join(missing)}")
     server = DashboardServer(args.folders, args.host, args.port)
-    print(f"dashboard: {server.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    announce(server, " (Ctrl-C to stop)")
     server.serve()
     return 0
