@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import add_config_flags, config_flags
 from .errors import ThinwireError, run_main
+from .obs.dashboard import add_dashboard_flag, open_dashboard
 
 # Every config key of the simulator is a flag (generated from RunConfig). compare sweeps
 # codecs (--codecs) and adds the baseline itself (--centralized); --policy and --seed are
@@ -27,6 +28,7 @@ def add_run_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> 
                    help="override a config key, e.g. communication.sync_interval=3")
     p.add_argument("--json", action="store_true", help="print result rows as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_dashboard_flag(p)
     add_config_flags(p, RunConfig, exclude)
 
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None)
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--no-progress", action="store_true")
+    add_dashboard_flag(demo)
     sub.add_parser("codecs", help="list codecs: what each sends, bytes/element, properties")
     for name, help_text in PASSTHROUGH_HELP.items():
         sp = sub.add_parser(name, help=help_text, add_help=False)
@@ -63,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sim.experiment import run_experiment
 
     cfg = build_config(args.config, config_flags(args), args.set)
-    row = run_experiment(cfg, progress=not args.no_progress)
+    with open_dashboard(args.dashboard, [cfg.out / cfg.name()]):
+        row = run_experiment(cfg, progress=not args.no_progress)
     if args.json:
         print(json.dumps({k: v for k, v in row.items() if k != "history"}))
     else:
@@ -88,14 +92,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ThinwireError(f"--seeds {args.seeds!r}: use a comma list of integers") from None
     configs = plan(base, codecs, policies, seeds, args.centralized)
-    run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sim.demo import demo
+    from .sim.demo import demo, demo_configs
 
-    return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
+    configs = demo_configs(args.out, args.epochs, args.data_dir)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
 
 
 def cmd_codecs(args: argparse.Namespace) -> int:
@@ -120,6 +127,7 @@ PASSTHROUGH = {
     "validate": ("thinwire.collective.validate", "validate_main"),
     "generate": ("thinwire.collective.generate", "generate_main"),
     "report": ("thinwire.collective.report", "report_main"),
+    "dashboard": ("thinwire.obs.dashboard", "dashboard_main"),
 }
 PASSTHROUGH_HELP = {
     "coordinator": "FLQ coordinator (HTTP service)",
@@ -129,6 +137,7 @@ PASSTHROUGH_HELP = {
     "validate": "validation loss and perplexity of a saved LM",
     "generate": "sample text from a saved LM",
     "report": "table and plots from collective results.jsonl files",
+    "dashboard": "live web page of running and finished runs (thinwire dashboard runs/)",
 }
 
 
