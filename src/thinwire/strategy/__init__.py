@@ -3,10 +3,11 @@ Krum), reuse/drop/accumulate of skipped nodes, staleness weighting, budgeted sel
 server step, and a keyed form (one model per key)."""
 
 from .keyed import KeyedStrategy
+from .outer import OuterOptimizer
 from .rules import RULES, combine
 from .select import select_budget, select_top_k
 from .server import apply_delta
 from .strategy import SKIPPED, WEIGHTS, Combined, Contribution, Strategy, check
 
-__all__ = ["Combined", "Contribution", "KeyedStrategy", "RULES", "SKIPPED", "Strategy",
+__all__ = ["Combined", "Contribution", "KeyedStrategy", "OuterOptimizer", "RULES", "SKIPPED", "Strategy",
            "WEIGHTS", "apply_delta", "check", "combine", "select_budget", "select_top_k"]
