@@ -69,8 +69,10 @@ def test_replay_skips_every_kind_of_bad_record(tmp_path):
                 {"type": "mystery"}, ["not", "a", "dict"],
                 {"type": "register", "worker": "ok", "session": "s", "capabilities": {}}):
         store.append(rec)
-    store._journal.write(b"TWJ1" + (5).to_bytes(4, "little") + (0).to_bytes(8, "little")
-                         + b"{oops" + zlib.crc32(b"{oops").to_bytes(4, "little"))
+    from thinwire.service.state import RECORD_HEAD
+    from thinwire.wire.framing import Kind, frame
+
+    store._journal.write(frame(RECORD_HEAD.pack(5) + b"{oops", Kind.RAW))  # unreadable JSON
     store.close()
     lines = []
     co = coordinator(tmp_path, log=lines.append)
@@ -188,3 +190,31 @@ test_restart_from_any_accepted_state = Restarts.TestCase
 @pytest.fixture(autouse=True)
 def quiet_httpx():
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def test_journal_cuts_a_torn_tail_so_later_records_survive(tmp_path):
+    """A crash mid-append leaves a torn frame; records acknowledged after the restart must
+    not hide behind it (the store cuts the tail before appending)."""
+    store = StateStore(tmp_path)
+    store.append({"type": "skip", "n": 1}, b"one")
+    store.close()
+    with open(tmp_path / "journal.bin", "ab") as f:
+        f.write(b"TW\x02\x00\xff\xff")  # a frame header cut short by the crash
+    store = StateStore(tmp_path)
+    store.append({"type": "skip", "n": 2}, b"two")
+    store.close()
+    assert [(h["n"], body) for h, body in StateStore(tmp_path).records()] == \
+        [(1, b"one"), (2, b"two")]
+
+
+def test_journal_of_the_previous_format_is_converted(tmp_path):
+    import struct
+
+    head, body = json.dumps({"type": "skip", "n": 7}).encode(), b"old"
+    legacy = (b"TWJ1" + struct.pack("<IQ", len(head), len(body)) + head + body
+              + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))))
+    (tmp_path / "journal.bin").write_bytes(legacy)
+    store = StateStore(tmp_path)
+    store.append({"type": "skip", "n": 8})
+    assert [h["n"] for h, _ in store.records()] == [7, 8]
+    store.close()
