@@ -22,12 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
-from ..errors import ThinwireError
+from ..errors import ThinwireError, WireError
+from ..wire.state import decode_state, encode_state
 
 MAGIC = b"TWJ1"
 FRAME = struct.Struct("<IQ")
@@ -36,30 +32,6 @@ SNAPSHOT, META, JOURNAL = "state.safetensors", "state.json", "journal.bin"
 
 class StateError(ThinwireError):
     """A state directory that cannot be read or written."""
-
-
-# ---- tensors inside nested dicts <-> (JSON tree, flat tensor dict) ------------------------
-def split_tree(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace every tensor by {"__tensor__": key}, collecting clones under `prefix/...`."""
-    if isinstance(obj, torch.Tensor):
-        key = prefix
-        tensors[key] = obj.detach().cpu().contiguous().clone()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        return {str(k): split_tree(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [split_tree(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
-    return obj
-
-
-def join_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        return {k: join_tree(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [join_tree(v, tensors) for v in obj]
-    return obj
 
 
 # ---- atomic files -----------------------------------------------------------------------
@@ -96,10 +68,7 @@ class StateStore:
     # ---- snapshot ---------------------------------------------------------------------
     def save(self, tree: dict[str, Any]) -> int:
         """Commit `tree` (JSON values and tensors) atomically; returns bytes written."""
-        tensors: dict[str, torch.Tensor] = {}
-        meta = split_tree(tree, "t", tensors)
-        text = json.dumps(meta)
-        data = st_save(tensors, metadata={"thinwire": text})
+        data, meta = encode_state(tree)
         atomic_write(self.dir / SNAPSHOT, data)
         atomic_write(self.dir / META, json.dumps(meta, indent=1, sort_keys=True).encode())
         return len(data)
@@ -108,16 +77,11 @@ class StateStore:
         path = self.dir / SNAPSHOT
         if not path.exists():
             return None
-        data = path.read_bytes()
         try:
-            tensors = st_load(data)
-            header_len = struct.unpack("<Q", data[:8])[0]
-            header = json.loads(data[8: 8 + header_len])
-            meta = json.loads(header["__metadata__"]["thinwire"])
-        except (SafetensorError, KeyError, ValueError, struct.error) as exc:
+            return decode_state(path.read_bytes())
+        except WireError as exc:
             raise StateError(f"{path} is corrupt ({exc}); restore a backup or start with a "
                              "fresh --state-dir") from None
-        return join_tree(meta, tensors)
 
     # ---- journal ----------------------------------------------------------------------
     def append(self, header: dict[str, Any], body: bytes = b"") -> None:
