@@ -21,7 +21,7 @@ from ..exchange.link import LinkModel
 from ..exchange.packing import Packing
 from ..obs.ledger import HUB
 from ..policy import ModelDiffHistory
-from ..strategy import Contribution, Strategy, apply_delta
+from ..strategy import Contribution, Strategy, apply_delta, change_sq, restore, snapshot
 from ..tasks import Task, build_model, class_histograms, split_indices
 from ..tasks.evaluate import evaluate
 from ..tasks.step import forward_backward, next_batch
@@ -159,19 +159,19 @@ class Simulation:
         if combined is not None:
             grads, down = self._broadcast(combined.tensors.params)
             grads = self.packing.unpack(grads)
-            before = self._snapshot()
+            before = snapshot(self.params)
             for n, p in self.params.items():
                 p.grad = grads[n].to(p.dtype)
             self.opt.step()
-            self.history.push(self._change_sq(before))
+            self.history.push(change_sq(self.params, before))
         self._account(ups, down)
 
     def fedavg_round(self) -> None:
-        start = self._snapshot()
-        start_buffers = {n: b.detach().clone() for n, b in self.buffers.items()}
+        start = snapshot(self.params)
+        start_buffers = snapshot(self.buffers)
         ups = []
         for node, sender in zip(self.nodes, self.senders):
-            self._load(start, start_buffers)
+            restore(self.params, self.buffers, start, start_buffers)
             local = torch.optim.SGD(self.model.parameters(), lr=self.lr(),
                                     momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay)
@@ -182,7 +182,7 @@ class Simulation:
             delta = {n: p.detach() - start[n] for n, p in self.params.items()}
             samples = self.cfg.local_steps * self.batch
             ups.append(self._exchange(sender, delta, sum(confs) / len(confs), samples, "delta"))
-        self._load(start, start_buffers)
+        restore(self.params, self.buffers, start, start_buffers)
         self._collect()
         combined = self.strategy.result()
         down = 0
@@ -190,7 +190,7 @@ class Simulation:
             delta, down = self._broadcast(combined.tensors.params)
             step = TensorSet(self.packing.unpack(delta)).add(combined.tensors.buffers, "buffer")
             apply_delta(self.params, self.buffers, step)
-            self.history.push(self._change_sq(start))
+            self.history.push(change_sq(self.params, start))
         self._account(ups, down)
 
     def _set_lr(self) -> None:
@@ -201,19 +201,6 @@ class Simulation:
             self.comm_time += self.link.ring_allreduce_time(max(ups, default=0))
         else:
             self.comm_time += self.link.step_time(ups, [down] * len(self.nodes))
-
-    def _snapshot(self) -> Tensors:
-        return {n: p.detach().clone() for n, p in self.params.items()}
-
-    def _load(self, params: Tensors, buffers: Tensors) -> None:
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(params[n])
-            for n, b in self.buffers.items():
-                b.copy_(buffers[n])
-
-    def _change_sq(self, before: Tensors) -> float:
-        return float(sum(((p.detach() - before[n]) ** 2).sum() for n, p in self.params.items()))
 
     # ---- evaluation --------------------------------------------------------------------
     def evaluate(self) -> tuple[float, float]:

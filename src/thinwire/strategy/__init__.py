@@ -5,8 +5,9 @@ server step, and a keyed form (one model per key)."""
 from .keyed import KeyedStrategy
 from .rules import RULES, combine
 from .select import select_budget, select_top_k
-from .server import apply_delta
+from .server import apply_delta, change_sq, restore, snapshot
 from .strategy import SKIPPED, WEIGHTS, Combined, Contribution, Strategy, check
 
 __all__ = ["Combined", "Contribution", "KeyedStrategy", "RULES", "SKIPPED", "Strategy",
-           "WEIGHTS", "apply_delta", "check", "combine", "select_budget", "select_top_k"]
+           "WEIGHTS", "apply_delta", "change_sq", "check", "combine", "restore", "select_budget",
+           "select_top_k", "snapshot"]
