@@ -265,3 +265,63 @@ def test_peers_refuse_a_swarm_with_another_config(tmp_path):
     for t in threads:
         t.join(90)
     assert len(errors) == 2 and all("runs another config" in e for e in errors)
+
+
+def swarm_in_threads(cfg, prepare=None) -> list[dict]:
+    """Peers as threads of this process: cheap, for what does not need separate processes
+    (built one after another, so every peer's initial model is the same)."""
+    from thinwire.swarm.peer import Peer
+
+    folder = tempfile.mkdtemp(prefix="tw-")
+    peers = [Peer(cfg, i, [f"ipc://{folder}/{j}" for j in range(cfg.nodes)], echo=False)
+             for i in range(cfg.nodes)]
+    if prepare is not None:
+        prepare(peers)
+    stats: list[dict] = [{}] * cfg.nodes
+    threads = [threading.Thread(target=lambda i=i: stats.__setitem__(i, peers[i].run()))
+               for i in range(cfg.nodes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return stats
+
+
+@pytest.mark.parametrize("extra", [
+    {"mode": "fedavg", "local_steps": 2, "codec": "int8"},
+    {"policy": "trigger", "codec": "topk(ratio=0.25)+int8", "error_feedback": True,
+     "pack": True}])
+def test_codecs_and_policies_mean_what_they_mean_in_the_simulator(tmp_path, extra):
+    cfg = validate({**SYNTH, **extra, "nodes": 3, "checkpoint_every": 0, "out": tmp_path})
+    stats = swarm_in_threads(cfg)
+    keys = {k: v for k, v in cfg.model_dump().items()
+            if k in RunConfig.model_fields and k not in ("out", "run_name")}
+    sim = run_experiment(sim_config({**keys, "out": tmp_path}), progress=False, log=None)
+    last = stats[0]["records"][-1]
+    assert (last["test_accuracy"], last["test_loss"]) == (sim["test_accuracy"], sim["test_loss"])
+    assert sum(s["counts"]["uploads"] for s in stats) == sim["uploads"]
+    assert sum(s["counts"]["skipped"] for s in stats) == sim["skipped_uploads"]
+    assert sum(s["counts"]["update_bytes"] for s in stats) == sim["bytes_up_wire"]
+
+
+def test_a_diverged_peer_takes_the_reference_state(tmp_path):
+    """Peer 1's model is knocked off at step 3; the next hash check sees it and it takes
+    peer 0's state, so the run ends with one model."""
+    import torch
+
+    cfg = validate({**SYNTH, "hash_every": 1, "checkpoint_every": 0, "out": tmp_path})
+
+    def knock(peers):
+        step = peers[1]._one_step
+
+        def knocked() -> None:
+            if peers[1].step == 3:
+                with torch.no_grad():
+                    next(iter(peers[1].params.values())).add_(0.01)
+            step()
+
+        peers[1]._one_step = knocked
+
+    stats = swarm_in_threads(cfg, knock)
+    assert stats[1]["counts"]["hash_mismatches"] >= 1 and stats[1]["counts"]["resyncs"] >= 1
+    assert stats[0]["final_hash"] == stats[1]["final_hash"]

@@ -10,6 +10,7 @@ all peers, the bytes counted on their sockets, who left and who came back.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,13 +75,22 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     peers = addresses(cfg)
     follow = Follow(run_dir / "train.log", echo)
     started, procs = time.time(), []
-    for i in range(cfg.nodes):
-        log = open(run_dir / f"peer-{i}.log", "ab")
-        procs.append(subprocess.Popen(peer_command(i, peers, config), stdout=log, stderr=log))
-    (run_dir / "peers.json").write_text(json.dumps(
-        {"peers": peers, "pids": [p.pid for p in procs],
-         "commands": [peer_command(i, peers, config) for i in range(cfg.nodes)]}, indent=1))
-    wait(procs, run_dir, follow)
+    try:
+        for i in range(cfg.nodes):
+            log = open(run_dir / f"peer-{i}.log", "ab")
+            procs.append(subprocess.Popen(peer_command(i, peers, config), stdout=log,
+                                          stderr=log))
+        (run_dir / "peers.json").write_text(json.dumps(
+            {"peers": peers, "pids": [p.pid for p in procs],
+             "commands": [peer_command(i, peers, config) for i in range(cfg.nodes)]},
+            indent=1))
+        wait(procs, run_dir, follow)
+    finally:
+        for p in procs:  # interrupted or failed: no peer outlives its launcher
+            if p.poll() is None:
+                p.terminate()
+        if cfg.transport == "ipc":
+            shutil.rmtree(Path(peers[0].removeprefix("ipc://")).parent, ignore_errors=True)
     row = swarm_row(cfg, read_stats(run_dir, started), time.time() - started)
     events = EventLog(run_dir, cfg.name())
     events.emit("end", record={k: v for k, v in row.items() if k != "history"})
