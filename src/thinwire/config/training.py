@@ -69,12 +69,16 @@ class TrainingConfig(TaskSection, CodecSection, PolicySection, StrategySection, 
 
     def name(self) -> str:
         """The run's name (its folder under `out`): `run_name`, else built from the settings."""
-        if self.run_name:
-            return self.run_name
+        return self.run_name or self.built_name()
+
+    def built_name(self, down_error_feedback: bool = False) -> str:
         from ..codecs import build
 
         ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
+        down = build(self.down_codec)
         extras = "".join(f"-{tag}" for tag, on in (
+            (f"down-{self.down_codec}" + ("+ef" if down_error_feedback else ""),
+             self.down_codec != "none" and down.lossy),
             ("pack", self.pack), (self.skipped, self.skipped != "reuse"),
             (f"lr{self.lr_schedule}", self.lr_schedule != "constant")) if on)
         return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"

@@ -18,7 +18,7 @@ import torch
 from ..codecs import Encoder, ErrorFeedback, make_codec
 from ..policy import SendContext, SendPolicy
 from ..wire import Update
-from .tensorset import DEFAULT_ROLE, Tensors, TensorSet, wire_name
+from .tensorset import DEFAULT_ROLE, Tensors, TensorSet, wire_role
 
 LOSSLESS_ROLES = ("buffer",)  # running statistics travel exactly
 
@@ -111,10 +111,12 @@ class Sender:
         """The wire message of a send: the proposal's payloads plus `extra` tensors of other
         roles (buffers go lossless)."""
         tensors = list(proposal.payloads)
-        for wire, role, t in (extra or TensorSet()).wire_items():
+        for name, role, t in (extra or TensorSet()).items_with_roles():
             if role == DEFAULT_ROLE:
-                raise ValueError(f"extra tensor {wire!r} is a param: propose it instead")
-            tensors.append(self.lossless.encode(t.float(), wire))
+                raise ValueError(f"extra tensor {name!r} is a param: propose it instead")
+            payload = self.lossless.encode(t.float(), name)
+            payload.role = wire_role(role)
+            tensors.append(payload)
         return Update(node_id=self.node_id, tensors=tensors, **header)
 
     def _state(self) -> tuple:
@@ -141,4 +143,4 @@ def _sq_dist(a: Tensors, b: Tensors | None) -> float:
     return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a))
 
 
-__all__ = ["Proposal", "Sender", "wire_name"]
+__all__ = ["Proposal", "Sender"]

@@ -22,6 +22,8 @@ from ..exchange import Rejected, TensorSet
 from ..strategy import Contribution, apply_delta
 from ..wire import Update
 from .admission import ServiceError, check_header
+from .credentials import Caller
+from .schemas import check_record
 
 
 class RoundLogic:
@@ -53,7 +55,7 @@ class RoundLogic:
                 self.log(f"worker {info['id']} offline (silent {now - info['last_seen']:.0f}s)")
 
     # ---- uploads ----------------------------------------------------------------------
-    def push(self, body: bytes) -> dict[str, Any]:
+    def push(self, body: bytes, caller: Caller | None = None) -> dict[str, Any]:
         """Validate, decode, journal, then count an update; idempotent by (worker, round, seq)."""
         try:
             update = self.receiver.parse(body)
@@ -62,13 +64,12 @@ class RoundLogic:
         check_header(update)
         wid = update.node_id
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if [update.round, update.seq] in self.applied_keys.get(wid, []):
                 return self._answer("duplicate", applied=False)
             self._admissible(wid, update)
-            try:
-                self.receiver.check(update)
+            try:  # the layout was checked while parsing
                 arrival = self.receiver.decode(update, len(body))
             except Rejected as exc:
                 raise ServiceError(400, str(exc)) from None
@@ -125,9 +126,10 @@ class RoundLogic:
             self._apply_async(decoded, self.version - update.base_version)
 
     # ---- skips and offers -------------------------------------------------------------
-    def skip(self, wid: str, round_: int, reason: str = "lazy") -> dict[str, Any]:
+    def skip(self, wid: str, round_: int, reason: str = "lazy",
+             caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if self.cfg.schedule == "sync":
                 if wid in self._responded() and round_ == self.round:
@@ -148,13 +150,14 @@ class RoundLogic:
         if self.cfg.schedule == "sync":
             self.skips[rec["worker"]] = rec["reason"]
 
-    def offer(self, wid: str, round_: int, score: float, bits: int) -> dict[str, Any]:
+    def offer(self, wid: str, round_: int, score: float, bits: int,
+              caller: Caller | None = None) -> dict[str, Any]:
         """Budget selection, phase one: returns selected true/false, or null (undecided)."""
         if not (math.isfinite(score) and score >= 0 and 0 < bits < 1 << 50):
             raise ServiceError(400, f"offer needs a finite score >= 0 and bits > 0, got "
                                     f"{score}, {bits}")
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if not self.cfg.selection:
                 raise ServiceError(409, "budget selection is off (sel_clients = 0 and "
@@ -257,31 +260,44 @@ class RoundLogic:
 
     # ---- restart ----------------------------------------------------------------------
     def _replay(self) -> int:
-        """Re-apply journaled messages the snapshot does not cover, in their original order."""
+        """Re-apply journaled messages the snapshot does not cover, in their original order.
+        A record that does not fit its schema or no longer applies is logged and skipped:
+        one bad record must not keep the coordinator from starting."""
         self._replaying, count, start_round = True, 0, self.round
         sync = self.cfg.schedule == "sync"
         try:
             for rec, body in self.store.records():
-                kind = rec["type"]
-                if kind == "register":
-                    self._do_register(rec)
-                elif kind == "leave" and rec["worker"] in self.workers:
-                    self._do_leave(rec["worker"])
-                elif kind == "skip" and (not sync or rec["round"] == self.round):
-                    self._do_skip(rec)
-                    self._maybe_close()
-                elif kind == "select" and rec["round"] == self.round:
-                    self._do_select(rec)
-                elif kind == "update" and self._replay_update(body, sync):
-                    self._maybe_close()
-                else:
-                    continue
-                count += 1
+                problem = check_record(rec)
+                if problem is None:
+                    try:
+                        count += 1 if self._replay_one(rec, body, sync) else 0
+                    except (KeyError, TypeError, ValueError, ServiceError) as exc:
+                        problem = f"{rec['type']} record failed: {type(exc).__name__}: {exc}"
+                if problem is not None:
+                    self.log(f"journal: skipped a record that cannot be replayed ({problem})")
         finally:
             self._replaying = False
         if count and (not sync or self.round != start_round):
             self.commit()
         return count
+
+    def _replay_one(self, rec: dict[str, Any], body: bytes, sync: bool) -> bool:
+        kind, wid = rec["type"], rec.get("worker")
+        if kind == "register":
+            self._do_register(rec)
+        elif kind == "leave" and wid in self.workers:
+            self._do_leave(wid)
+        elif kind == "skip" and wid in self.workers and (not sync or rec["round"] == self.round):
+            self._do_skip(rec)
+            self._maybe_close()
+        elif kind == "select" and rec["round"] == self.round and \
+                set(rec["offers"]) <= set(self.workers):
+            self._do_select(rec)
+        elif kind == "update" and self._replay_update(body, sync):
+            self._maybe_close()
+        else:
+            return False
+        return True
 
     def _replay_update(self, body: bytes, sync: bool) -> bool:
         """Re-apply one journaled update; a record that no longer parses or decodes is

@@ -1,7 +1,9 @@
 """Durable coordinator state: an atomic safetensors snapshot plus an fsynced update journal.
 
 The snapshot (`state.safetensors`) holds every tensor (global model, per-worker reused
-contributions and decoder references) and, in its header metadata, the JSON of everything else.
+contributions and decoder references) and, in its header metadata, a JSON document: the
+state tree with each tensor as null, plus a separate list of [path, tensor key] references
+(typed by position, not by a marker a stored value could imitate).
 One file, written to a temp name, fsynced, renamed, directory fsynced: a crash leaves either
 the old or the new snapshot, never a mix. `state.json` is a readable copy of the metadata.
 
@@ -22,8 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import ThinwireError, WireError
-from ..wire.state import decode_state, encode_state
+from ..wire.state import ENCODING, encode_state, join_tree, read_blob
 
 MAGIC = b"TWJ1"
 FRAME = struct.Struct("<IQ")
@@ -32,6 +36,20 @@ SNAPSHOT, META, JOURNAL = "state.safetensors", "state.json", "journal.bin"
 
 class StateError(ThinwireError):
     """A state directory that cannot be read or written."""
+
+
+# ---- snapshots written before the references moved out of the tree ----------------------
+def join_legacy(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Snapshots written before the references moved out of the tree ({"__tensor__": key}
+    markers): a marker naming no stored tensor is left as plain data."""
+    if isinstance(obj, dict):
+        ref = obj.get("__tensor__")
+        if len(obj) == 1 and isinstance(ref, str) and ref in tensors:
+            return tensors[ref]
+        return {k: join_legacy(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_legacy(v, tensors) for v in obj]
+    return obj
 
 
 # ---- atomic files -----------------------------------------------------------------------
@@ -68,7 +86,7 @@ class StateStore:
     # ---- snapshot ---------------------------------------------------------------------
     def save(self, tree: dict[str, Any]) -> int:
         """Commit `tree` (JSON values and tensors) atomically; returns bytes written."""
-        data, meta = encode_state(tree)
+        data, meta = encode_state(tree)  # wire/state.py: the blob every runtime writes
         atomic_write(self.dir / SNAPSHOT, data)
         atomic_write(self.dir / META, json.dumps(meta, indent=1, sort_keys=True).encode())
         return len(data)
@@ -78,10 +96,13 @@ class StateStore:
         if not path.exists():
             return None
         try:
-            return decode_state(path.read_bytes())
-        except WireError as exc:
-            raise StateError(f"{path} is corrupt ({exc}); restore a backup or start with a "
-                             "fresh --state-dir") from None
+            meta, tensors = read_blob(path.read_bytes())
+            if isinstance(meta, dict) and meta.get("encoding") == ENCODING:
+                return join_tree(meta["tree"], meta["tensors"], tensors)
+            return join_legacy(meta, tensors)
+        except (WireError, KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
+            raise StateError(f"{path} is corrupt ({type(exc).__name__}: {exc}); restore a "
+                             "backup or start with a fresh --state-dir") from None
 
     # ---- journal ----------------------------------------------------------------------
     def append(self, header: dict[str, Any], body: bytes = b"") -> None:
@@ -106,8 +127,12 @@ class StateStore:
             (crc,) = struct.unpack_from("<I", data, end)
             if crc != zlib.crc32(body, zlib.crc32(head)):
                 return
-            yield json.loads(head), body
             pos = end + 4
+            try:
+                header = json.loads(head)
+            except (ValueError, RecursionError):
+                header = {"type": "unreadable"}  # replay logs and skips it
+            yield header, body
 
     def reset_journal(self) -> None:
         """Start an empty journal (after a snapshot that covers every record)."""

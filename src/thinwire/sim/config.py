@@ -23,6 +23,9 @@ __all__ = ["LAQ", "Communication", "RunConfig", "apply_set", "build_config", "de
 class RunConfig(TrainingConfig):
     """The simulator: N nodes in one process over a modelled link."""
 
+    down_error_feedback: bool = Field(False, description="the aggregator keeps the residual "
+                                      "of its lossy broadcast and adds it to the next one "
+                                      "(error feedback on the server, as in DoubleSqueeze)")
     centralized: bool = Field(False, description="one node, all data, no communication "
                               "(the baseline)")
     node_batching: Literal["loop", "vmap"] = Field(
@@ -31,7 +34,7 @@ class RunConfig(TrainingConfig):
     def name(self) -> str:
         if self.centralized and not self.run_name:
             return f"centralized-s{self.seed}"
-        return super().name()
+        return self.run_name or self.built_name(self.down_error_feedback)
 
 
 def build_config(file: Path | None = None, flags: dict[str, Any] | None = None,

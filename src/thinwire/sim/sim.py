@@ -63,7 +63,7 @@ class Simulation:
         self.receiver, self.down_receiver = Receiver(), Receiver()
         self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
                                  expected_nodes=len(self.nodes))
-        self.down_encoder = Encoder(make_codec(cfg.down_codec))
+        self.down_encoder = Encoder(make_codec(cfg.down_codec, cfg.down_error_feedback))
         self.link = LinkModel.build(n_nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms,
                                     cfg.topology)
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())

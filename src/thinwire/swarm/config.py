@@ -34,6 +34,8 @@ class SwarmConfig(TrainingConfig):
                                 "high-water mark before it fails")
     centralized: bool = Field(False, description="not for a swarm: the centralized baseline "
                               "is `thinwire run --centralized`")
+    down_error_feedback: bool = Field(False, description="not for a swarm: there is no "
+                                      "aggregator broadcast")
     node_batching: Literal["loop", "vmap"] = Field("loop", description="not for a swarm "
                                                    "(one node per process): loop only")
 
@@ -45,9 +47,9 @@ class SwarmConfig(TrainingConfig):
         if self.node_batching != "loop":
             raise ValueError("node_batching=vmap batches nodes inside one process; a swarm "
                              "peer is one node (use loop)")
-        if self.down_codec != "none":
-            raise ValueError("down_codec: swarm peers average what they receive, there is no "
-                             "aggregator broadcast to compress (use none)")
+        if self.down_codec != "none" or self.down_error_feedback:
+            raise ValueError("down_codec / down_error_feedback: swarm peers average what they "
+                             "receive, there is no aggregator broadcast to compress (use none)")
         if self.topology != "star":
             raise ValueError("topology=ring: the swarm exchanges all-to-all (use star, the "
                              "default; its link model is used per peer)")

@@ -22,10 +22,9 @@ import torch
 
 from ..config.training import lr_at, make_sender, set_step_lr, steps_per_epoch
 from ..errors import WireError
-from ..exchange import Receiver, Rejected, TensorSet
+from ..exchange import Receiver, Rejected, TensorSet, layout_of
 from ..exchange.link import LinkModel
 from ..exchange.packing import Packing
-from ..exchange.tensorset import wire_name
 from ..exchange.zmq import Delivery
 from ..obs.events import EventLog
 from ..obs.record import epoch_line, epoch_record
@@ -87,8 +86,7 @@ class Peer:
         self.history = ModelDiffHistory(cfg.laq.depth)
         self.sender = make_sender(cfg, self.name, self.history)
         self.packing = Packing(self.params, cfg.pack)
-        layout = {**self.packing.layout(), **{wire_name(n, "buffer"): (tuple(b.shape), "buffer")
-                                              for n, b in self.buffers.items()}}
+        layout = {**self.packing.layout(), **layout_of(TensorSet(self.buffers, "buffer"))}
         self.receiver = Receiver(layout, cfg.codec)
         self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
                                  expected_nodes=cfg.nodes)
