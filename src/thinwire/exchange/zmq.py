@@ -70,6 +70,16 @@ class Envelope:
         return env
 
 
+def bind_address(address: str) -> str:
+    """Where to bind one's own address: a tcp:// host other than loopback is how the others
+    reach this machine (a name or an outside address), so bind every interface on its port."""
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "[::1]", "*"):
+            return f"tcp://*:{port}"
+    return address
+
+
 def identity(index: int, session: int) -> bytes:
     """A DEALER's routing id: who it belongs to, checked against every envelope."""
     return b"TW" + struct.pack("<HQ", index, session)
@@ -121,7 +131,7 @@ class ZmqTransport(Transport):
         self.poller = zmq.Poller()
         self.router = self._socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.bind(self.addresses[index])
+        self.router.bind(bind_address(self.addresses[index]))
         self.poller.register(self.router, zmq.POLLIN)
         self.dealers: dict[int, zmq.Socket] = {}
         self.monitors: dict[int, zmq.Socket] = {}

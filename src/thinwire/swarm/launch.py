@@ -192,9 +192,4 @@ def merged_events(stats: list[dict[str, Any]], key: str) -> list[dict[str, Any]]
     return sorted(seen.values(), key=lambda e: e["time"])
 
 
-def pids(run_dir: Path) -> list[int]:
-    """The peers' process ids of the last launch in `run_dir` (tests kill one)."""
-    return json.loads((run_dir / "peers.json").read_text())["pids"]
-
-
-__all__ = ["addresses", "launch", "peer_command", "pids", "read_stats", "swarm_row"]
+__all__ = ["addresses", "launch", "peer_command", "read_stats", "swarm_row"]
