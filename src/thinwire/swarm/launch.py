@@ -150,14 +150,17 @@ def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> 
                         ref["counts"]["comm_time_s_sim"],
                         max(s["counts"]["compute_time_s"] for s in done), elapsed,
                         count["samples"])
-    loop = max(s["train_time_s"] for s in done)
-    extras.update(wall_time_s=loop, samples_per_s=count["samples"] / loop if loop else None)
+    # like the simulator's: samples over the time in steps (compute and exchange), the
+    # slowest peer's; evaluation and start-up are in wall_time_s only
+    steps = {s["node"]: s["counts"]["compute_time_s"] + s["counts"]["wait_time_s"] for s in done}
+    extras.update(wall_time_s=max(s["train_time_s"] for s in done),
+                  samples_per_s=count["samples"] / max(steps.values()))
     return record(
         "swarm", common, totals, **extras, transport=cfg.transport,
         bytes_socket_total=sock["bytes_socket_sent"],
         bytes_socket_received=sock["bytes_socket_received"],
         bytes_socket_framing=sock["bytes_framing_sent"], bytes_update_wire=count["update_bytes"],
-        peer_samples_per_s=sum(s["counts"]["samples"] / s["train_time_s"] for s in done)
+        peer_samples_per_s=sum(s["counts"]["samples"] / steps[s["node"]] for s in done)
         / len(done), comm_wait_s=max(s["counts"]["wait_time_s"] for s in done),
         models_agree=len({s["final_hash"] for s in done}) == 1,
         peers_finished=[s["node"] for s in done], peers_left=merged_events(stats, "departures"),
