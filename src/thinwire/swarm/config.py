@@ -62,8 +62,9 @@ class SwarmConfig(TrainingConfig):
 
     def digest(self) -> str:
         """What peers compare at the start: the config without the keys that may differ
-        between peers (resume, where files go)."""
-        data = self.model_dump(mode="json", exclude={"resume", "out", "data_dir"})
+        between peers (resume, where files go, threads and waits of each machine)."""
+        data = self.model_dump(mode="json", exclude={"resume", "out", "data_dir", "download",
+                                                     "threads", "host", "startup_timeout"})
         text = json.dumps(data, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

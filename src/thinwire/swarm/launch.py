@@ -102,19 +102,20 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
 def wait(procs: list[subprocess.Popen], run_dir: Path, follow: Follow) -> None:
     """Until every peer exits. A peer killed by a signal is the others' business (they carry
     on); one that fails on its own stops the swarm with its last words."""
-    while any(p.poll() is None for p in procs):
+    while True:
+        running = [p.poll() is None for p in procs]
         follow()
-        for i, p in enumerate(procs):
-            if p.returncode is not None and p.returncode > 0:
-                for other in procs:
-                    if other.poll() is None:
-                        other.send_signal(signal.SIGTERM)
-                raise SwarmError(f"peer {i} failed (exit {p.returncode}): "
-                                 f"{last_line(run_dir / f'peer-{i}.log')}")
+        failed = [i for i, p in enumerate(procs) if p.returncode is not None and p.returncode > 0]
+        if failed:
+            for other in procs:
+                if other.poll() is None:
+                    other.send_signal(signal.SIGTERM)
+            i = failed[0]
+            raise SwarmError(f"peer {i} failed (exit {procs[i].returncode}): "
+                             f"{last_line(run_dir / f'peer-{i}.log')}")
+        if not any(running):
+            return
         time.sleep(0.2)
-    follow()
-    if all(p.returncode != 0 for p in procs):
-        raise SwarmError(f"no peer finished; see {run_dir}/peer-*.log")
 
 
 def last_line(path: Path) -> str:

@@ -149,10 +149,9 @@ class Peer:
         self.log(f"{self.name}: {len(self.stream.shard)} samples, {self.spe} steps/epoch, "
                  f"codec {self.cfg.codec}, policy {self.cfg.policy}, {len(self.net.live)} "
                  f"peer(s) over {self.cfg.transport}")
-        capped = lambda: bool(self.cfg.max_steps and self.step >= self.cfg.max_steps)  # noqa: E731
-        while self.epoch < self.cfg.epochs and not (capped() and self.records):
+        while self.epoch < self.cfg.epochs and not (self._capped() and self.records):
             end = (self.epoch + 1) * self.spe
-            while self.step < end and not capped():
+            while self.step < end and not self._capped():
                 self._one_step()
             self._finish_epoch()
         final = self.model_hash()
@@ -162,6 +161,9 @@ class Peer:
         self.events.close()
         self.net.transport.close()
         return stats
+
+    def _capped(self) -> bool:
+        return bool(self.cfg.max_steps and self.step >= self.cfg.max_steps)
 
     def _one_step(self) -> None:
         self.net.begin_step(self.step)
@@ -340,9 +342,9 @@ class Peer:
         net, transport = self.net, self.net.transport
         return {"node": self.name, "session": net.session, "finished": final_hash is not None,
                 "model": self.cfg.model or self.task.model,
-                "codec": self.sender.encoder.codec.name,
-                "step": self.step, "epoch": self.epoch, "records": self.records,
-                "counts": self.counts, "socket": transport.counts, "ledger": self.ledger.state_dict(),
+                "codec": self.sender.encoder.codec.name, "step": self.step, "epoch": self.epoch,
+                "records": self.records, "counts": self.counts, "socket": transport.counts,
+                "ledger": self.ledger.state_dict(),
                 "departures": net.departures, "arrivals": net.arrivals,
                 "joined_at": self.joined_at, "final_hash": final_hash,
                 "peer_hashes": {self.names[j]: h for j, h in net.finished.items()},
