@@ -140,9 +140,6 @@ def test_repeated_register_and_leave_do_not_grow_the_journal(svc, tmp_path):
 
 
 # ---- findings 6 and 7: what the wire and the id rules refuse -------------------------------
-@pytest.mark.xfail(strict=False, reason="needs the wire/ parsing-bounds fix to refuse unknown "
-                   "fields: wire.tensor.parse_strict compares ByteSize() with the length, but "
-                   "ByteSize() counts the unknown fields protobuf keeps, so they pass")
 def test_update_with_unknown_protobuf_field_is_refused_and_not_journaled(svc, tmp_path):
     svc.register("a")
     svc.register("b")

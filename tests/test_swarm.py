@@ -160,9 +160,11 @@ def test_ipc_swarm_learns_agrees_and_counts_bytes_truly(ipc_run):
     lines = (cfg.out / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["run_name"] == row["run_name"]
     assert "epoch 2:" in (cfg.out / cfg.name() / "train.log").read_text()
-    events = (cfg.out / cfg.name() / "node-1" / "events.jsonl").read_text().splitlines()
-    kinds = {json.loads(e)["type"] for e in events}
-    assert {"step", "epoch", "end"} <= kinds
+    events = [json.loads(e) for e in  # one stream, every line whole, for the dashboard
+              (cfg.out / cfg.name() / "events.jsonl").read_text().splitlines()]
+    for kind in ("step", "epoch", "resources"):
+        assert {e.get("node") for e in events if e["type"] == kind} == {"node-0", "node-1"}
+    assert [e["type"] for e in events].count("end") == 1 and events[-1]["type"] == "end"
 
 
 def test_swarm_matches_the_simulator_on_the_same_config(ipc_run, tmp_path):
@@ -222,7 +224,7 @@ def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
                             stderr=open(tmp_path / "rejoin.log", "w"))
     try:
         assert warm.stdout.readline().strip() == "ready"
-        wait_for(run_dir / "node-2" / "events.jsonl", '"type": "step"')
+        wait_for(run_dir / "events.jsonl", '"node": "node-2"')
         os.kill(info["pids"][2], signal.SIGKILL)
         killed = time.monotonic()
         noticed = wait_for(run_dir / "train.log", "node-2 left", cfg.peer_timeout + 10)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import add_command_flags, config_flags
 from .errors import ThinwireError, run_main
+from .obs.dashboard import add_dashboard_flag, open_dashboard
 from .obs.results import result_text
 
 # Every config key of the simulator is a flag (generated from RunConfig). compare sweeps
@@ -22,6 +23,7 @@ COMPARE_OWN = ("codec", "centralized")
 def add_run_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     from .sim.config import RunConfig
 
+    add_dashboard_flag(p)
     add_command_flags(p, RunConfig, exclude)
 
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None)
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--no-progress", action="store_true")
+    add_dashboard_flag(demo)
     sub.add_parser("codecs", help="list codecs: what each sends, bytes/element, properties")
     for name, help_text in PASSTHROUGH_HELP.items():
         sp = sub.add_parser(name, help=help_text, add_help=False)
@@ -58,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sim.experiment import run_experiment
 
     cfg = build_config(args.config, config_flags(args), args.set)
-    row = run_experiment(cfg, progress=not args.no_progress)
+    with open_dashboard(args.dashboard, [cfg.out / cfg.name()]):
+        row = run_experiment(cfg, progress=not args.no_progress)
     print(result_text(row, cfg.out, args.json))
     return 0
 
@@ -77,14 +81,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ThinwireError(f"--seeds {args.seeds!r}: use a comma list of integers") from None
     configs = plan(base, codecs, policies, seeds, args.centralized)
-    run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sim.demo import demo
+    from .sim.demo import demo, demo_configs
 
-    return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
+    configs = demo_configs(args.out, args.epochs, args.data_dir)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
 
 
 def cmd_codecs(args: argparse.Namespace) -> int:
@@ -111,6 +118,7 @@ PASSTHROUGH = {
     "report": ("thinwire.collective.report", "report_main"),
     "swarm": ("thinwire.swarm.cli", "swarm_main"),
     "peer": ("thinwire.swarm.cli", "peer_main"),
+    "dashboard": ("thinwire.obs.dashboard", "dashboard_main"),
 }
 PASSTHROUGH_HELP = {
     "coordinator": "FLQ coordinator (HTTP service)",
@@ -122,6 +130,7 @@ PASSTHROUGH_HELP = {
     "report": "table and plots from collective results.jsonl files",
     "swarm": "peers as OS processes over ZeroMQ (ipc or tcp), every run flag; same table/row",
     "peer": "one swarm peer (--id I --peers tcp://h0:p0,...), for runs over several machines",
+    "dashboard": "live web page of running and finished runs (thinwire dashboard runs/)",
 }
 
 

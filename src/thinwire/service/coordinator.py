@@ -37,12 +37,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ThinwireError
+from ..obs.dashboard import add_dashboard_flag, open_dashboard
 from .admission import ServiceError
 from .config import load_config
 from .core import Coordinator
 from .credentials import KEY_HEADER, Caller
 from .guard import GuardRules, RequestGuard
 from .http11 import with_header_timeout
+from .observe import start_events, stop_events
 from .schemas import OfferIn, RegisterIn, SkipIn
 
 LONG_POLL_S = 20.0
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit after the last round is evaluated")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--monitor-every", type=float, default=1.0,
+                   help="seconds between resource samples in events.jsonl; 0 disables")
+    add_dashboard_flag(p)
     return p
 
 
@@ -247,13 +252,16 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     log(f"listening on http://{args.host}:{args.port} ({cfg.schedule}, mode {cfg.mode}, "
         f"codec {cfg.upload_codec()}, {cfg.total_workers} workers, state {args.state_dir})")
     thread.start()
+    monitor = start_events(core, args.monitor_every)
     try:
-        server.run()
+        with open_dashboard(args.dashboard, [args.state_dir]):
+            server.run()
     finally:
         stop.set()
         thread.join(timeout=5)
         with contextlib.suppress(ThinwireError):
             core.run_evaluations()
+        stop_events(core, monitor)
         core.close()
     return 0
 

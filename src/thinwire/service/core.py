@@ -20,6 +20,7 @@ import torch
 from ..codecs import Encoder, make_codec
 from ..exchange import Receiver, TensorSet, layout_of
 from ..exchange.tensorset import wire_role
+from ..obs.events import EventLog
 from ..obs.ledger import LinkLedger
 from ..policy import ModelDiffHistory
 from ..strategy import Strategy
@@ -31,6 +32,7 @@ from .config import FLQConfig
 from ..tasks.evaluate import evaluate
 from .admission import ServiceError
 from .credentials import Caller
+from .observe import round_event
 from .registry import Registry
 from .results import counters, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
@@ -41,6 +43,8 @@ Tensors = dict[str, torch.Tensor]
 
 
 class Coordinator(Registry, RoundLogic):
+    events: EventLog | None = None  # set by observe.start_events
+
     def __init__(self, cfg: FLQConfig, state_dir: Path | str, log: Log | None = None,
                  task: Task | None = None) -> None:
         self.cfg, self.log = cfg, log or (lambda s: None)
@@ -170,6 +174,7 @@ class Coordinator(Registry, RoundLogic):
                     "test_loss": loss, "bits_up": row["bits_up"],
                     "bits_down": row["bits_down"], "time_s": round(c["elapsed"], 3)})
             write_row(self.results_path, row)
+            round_event(self, row, c)
             self.log(f"  eval after round {row['round']}: test accuracy {100 * acc:.2f}% "
                      f"(loss {loss:.4f}), uploaded {row['bits_up'] / 1e6:.2f} Mbit")
             done += 1

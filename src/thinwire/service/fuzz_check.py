@@ -20,7 +20,8 @@ import httpx
 import torch
 
 from ..codecs import make_codec
-from ..wire import Update, parse_update, serialize_update
+from ..wire import Update, serialize_update
+from ..wire.model import parse_model_message
 from .fuzz import Fuzzer, Probe
 
 FUZZ_SETS = ["total_workers=2", "max_rounds=5", "round_timeout=1e9", "max_request_bytes=1048576",
@@ -97,7 +98,7 @@ class FuzzSession:
 
     def seeds(self, keys: dict[str, str]) -> list[bytes]:
         """Valid round-0 updates, one per fuzz worker, shaped like the model."""
-        model = parse_update(self.pull().content)
+        model = parse_model_message(self.pull().content)[1]
         enc = make_codec("none")
         return [serialize_update(Update(
             node_id=wid, round=0, seq=i + 1, kind="delta", num_samples=10,

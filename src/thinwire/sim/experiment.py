@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..obs.events import EventLog
 from ..config.training import run_common, run_extras
+from ..obs.monitor import Monitor
 from ..obs.record import epoch_line, epoch_record, record
 from ..obs.resources import ResourceMonitor
 from ..obs.results import append_row
@@ -32,14 +33,30 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
         torch.set_num_threads(cfg.threads)
     task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
     sim = Simulation(cfg, task, log=log)
-    if not (cfg.resume and sim.try_resume()):
+    resumed = cfg.resume and sim.try_resume()
+    if not resumed:
         sim.write(f"run {cfg.name()}: {len(sim.nodes)} node(s), split {cfg.split}, "
                   f"codec {cfg.codec}, policy {cfg.policy}\n"
                   + format_histograms(sim.histograms))
     steps = sim.steps_per_epoch()
-    events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50))
-    monitor = ResourceMonitor()
+    events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50), fresh=not resumed)
     started = time.perf_counter()
+    peers = {s.node_id: "alive" for s in sim.senders}  # in-process nodes never leave
+    with Monitor(events, ledger=lambda: sim.ledger, every=cfg.monitor_every,
+                 extra=lambda: {"peers": peers}):
+        train(sim, events, steps, progress)
+    row = result_row(sim, time.perf_counter() - started)
+    events.emit("end", record={k: v for k, v in row.items() if k != "history"})
+    events.close()
+    append_row(cfg.out / "results.jsonl", row)
+    sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
+              f"uplink ratio={row['compression_ratio'] or 0:.1f}")
+    return row
+
+
+def train(sim: Simulation, events: EventLog, steps: int, progress: bool) -> None:
+    """The epochs left: steps, a step event each, evaluation and an epoch event each."""
+    cfg, monitor = sim.cfg, ResourceMonitor()
     for epoch in range(sim.epoch, cfg.epochs):
         bar = tqdm(range(steps), desc=f"{cfg.name()} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, file=sys.stderr)
@@ -56,13 +73,6 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
                     resources=monitor.sample())
         if cfg.max_steps and sim.step >= cfg.max_steps:
             break
-    row = result_row(sim, time.perf_counter() - started)
-    events.emit("end", record={k: v for k, v in row.items() if k != "history"})
-    events.close()
-    append_row(cfg.out / "results.jsonl", row)
-    sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
-              f"uplink ratio={row['compression_ratio'] or 0:.1f}")
-    return row
 
 
 def step_event(sim: Simulation, events: EventLog) -> None:
@@ -72,7 +82,7 @@ def step_event(sim: Simulation, events: EventLog) -> None:
     recent = sim.train_losses[-len(sim.nodes):]
     events.step(sim.step, train_loss=sum(recent) / max(len(recent), 1), lr=sim.lr(),
                 bytes_up_wire=t["up_wire"], bytes_down_wire=t["down_wire"],
-                uploads=t["sent"], skipped=t["skipped"])
+                uploads=t["sent"], skipped=t["skipped"], comm_time_s_sim=sim.comm_time)
 
 
 def finish_epoch(sim: Simulation, epoch: int) -> None:

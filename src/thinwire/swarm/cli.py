@@ -1,7 +1,7 @@
 """`thinwire swarm` (peers as processes on this machine) and `thinwire peer` (one peer, for
 runs over several machines). Both take every `thinwire run` flag (generated from the config).
 
-    thinwire swarm --nodes 4 --transport tcp --epochs 3
+    thinwire swarm --nodes 4 --transport tcp --epochs 3 --dashboard 3000
     thinwire peer --id 1 --peers tcp://h0:5555,tcp://h1:5555 -c swarm.json
 """
 
@@ -12,6 +12,7 @@ import sys
 
 from ..config import add_command_flags, config_flags
 from ..errors import ConfigError, run_main
+from ..obs.dashboard import add_dashboard_flag, open_dashboard
 from ..obs.results import result_text
 from .config import SwarmConfig, build_config
 
@@ -19,6 +20,7 @@ from .config import SwarmConfig, build_config
 def swarm_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinwire swarm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dashboard_flag(p)
     add_command_flags(p, SwarmConfig)
     return p
 
@@ -38,7 +40,8 @@ def swarm(argv: list[str] | None) -> int:
 
     args = swarm_parser().parse_args(argv)
     cfg = build_config(args.config, config_flags(args), args.set)
-    row = launch(cfg, echo=not args.no_progress)
+    with open_dashboard(args.dashboard, [cfg.out / cfg.name()]):
+        row = launch(cfg, echo=not args.no_progress)
     sockets = (f"bytes: ledger {row['bytes_wire_total'] + row['bytes_control']} "
                f"(wire {row['bytes_wire_total']}, control {row['bytes_control']}), "
                f"sockets {row['bytes_socket_total']}; models agree: {row['models_agree']}")

@@ -73,6 +73,7 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     config = run_dir / "swarm.json"
     config.write_text(cfg.model_dump_json(indent=1))
     peers = addresses(cfg)
+    events = EventLog(run_dir, cfg.name(), fresh=not cfg.resume, shared=True)  # peers append
     follow = Follow(run_dir / "train.log", echo)
     started, procs = time.time(), []
     try:
@@ -92,7 +93,6 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
         if cfg.transport == "ipc":
             shutil.rmtree(Path(peers[0].removeprefix("ipc://")).parent, ignore_errors=True)
     row = swarm_row(cfg, read_stats(run_dir, started), time.time() - started)
-    events = EventLog(run_dir, cfg.name())
     events.emit("end", record={k: v for k, v in row.items() if k != "history"})
     events.close()
     append_row(Path(cfg.out) / "results.jsonl", row)

@@ -162,6 +162,8 @@ class Network:
                                 "time": time.time(), "reason": reason})
         p.log(f"{self.names[j]} left at step {p.step} (epoch {p.epoch + 1}): {reason}; "
               f"carrying on with {len(self.live)} peer(s)")
+        p.events.emit("peer", node=p.name, peer=self.names[j], state="gone", step=p.step,
+                      reason=reason)
 
     def admit(self, j: int) -> None:
         self.live.add(j)
@@ -170,6 +172,7 @@ class Network:
         self.arrivals.append({"node": self.names[j], "step": p.step, "epoch": p.epoch + 1,
                               "time": time.time()})
         p.log(f"{self.names[j]} takes part again from step {p.step}")
+        p.events.emit("peer", node=p.name, peer=self.names[j], state="alive", step=p.step)
 
     def apply_joins(self, step: int) -> None:
         for at in sorted(k for k in self.joins if k <= step):

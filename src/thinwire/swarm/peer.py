@@ -27,6 +27,7 @@ from ..exchange.link import LinkModel
 from ..exchange.packing import Packing
 from ..exchange.zmq import Delivery
 from ..obs.events import EventLog
+from ..obs.monitor import Monitor
 from ..obs.record import epoch_line, epoch_record
 from ..obs.resources import ResourceMonitor
 from ..policy import ModelDiffHistory
@@ -105,7 +106,8 @@ class Peer:
         self.counts.update(compute_time_s=0.0, wait_time_s=0.0, comm_time_s_sim=0.0,
                            epoch_uploads=0, epoch_skipped=0)
         self.hash_force, self._tag, self.joined_at = 0, 0, None
-        self.events = EventLog(self.dir, cfg.name(), every=max(1, self.spe // 50))
+        self.events = EventLog(self.run_dir, cfg.name(), every=max(1, self.spe // 50),
+                               shared=True)  # one stream per run, every event names its node
         self.monitor = ResourceMonitor()
 
     @property
@@ -136,11 +138,16 @@ class Peer:
     # ---- the run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to the end with the others; returns this peer's stats (also in its folder)."""
+        monitor = Monitor(self.events, ledger=lambda: self.ledger, every=self.cfg.monitor_every,
+                          node=self.name, extra=lambda: {"peers": self.net.view()})
         try:
-            return self._run(time.perf_counter())
+            with monitor:
+                return self._run(time.perf_counter())
         except BaseException:
             self.net.transport.close(linger=1.0)  # what we said so far still reaches them
             raise
+        finally:
+            self.events.close()
 
     def _run(self, started: float) -> dict[str, Any]:
         if self.cfg.resume and self.state.try_resume():
@@ -157,8 +164,8 @@ class Peer:
         final = self.model_hash()
         self.net.goodbye(final)
         stats = self.write_stats(final, time.perf_counter() - started)
-        self.events.emit("end", node=self.name, record=stats)
-        self.events.close()
+        self.events.emit("peer", node=self.name, peer=self.name, state="done",
+                         record={k: v for k, v in stats.items() if k != "ledger"})
         self.net.transport.close()
         return stats
 

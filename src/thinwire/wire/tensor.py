@@ -173,9 +173,14 @@ def parse_strict(msg, data: bytes, what: str) -> None:
         raise WireError(f"{what}: malformed or truncated protobuf ({exc})") from None
     except Exception as exc:  # upb raises other errors on a few corrupt inputs
         raise WireError(f"{what}: cannot parse ({type(exc).__name__}: {exc})") from None
+    with_unknown = msg.ByteSize()
+    msg.DiscardUnknownFields()  # ByteSize counts unknown fields: drop them, then compare
+    if msg.ByteSize() != with_unknown:
+        raise WireError(f"{what}: carries fields this build does not know (schema mismatch "
+                        "or tampering); upgrade thinwire or send the schema's fields only")
     if msg.ByteSize() != len(data):
         raise WireError(f"{what}: {len(data)} bytes but the message accounts for "
-                        f"{msg.ByteSize()}: trailing bytes, unknown fields or non-canonical data")
+                        f"{msg.ByteSize()}: trailing bytes or non-canonical data")
 
 
 def check_size(data: bytes, limit: int, what: str, knob: str = "max_message_bytes") -> None:
