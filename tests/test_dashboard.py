@@ -32,7 +32,8 @@ from thinwire.service.core import Coordinator
 from thinwire.service.observe import start_events, stop_events
 from thinwire.service.quick_test import free_port
 from thinwire.tasks import load_task
-from thinwire.wire import Update, parse_update, serialize_update
+from thinwire.wire import Update, serialize_update
+from thinwire.wire.model import parse_model_message
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -111,7 +112,7 @@ def test_coordinator_writes_round_and_resource_events(tmp_path):
     body, _ = co.pull("a")
     none = make_codec("none")
     tensors = [none.encode(torch.zeros_like(decode(t)), None, t.name)
-               for t in parse_update(body).tensors if not t.name.startswith("buffer:")]
+               for t in parse_model_message(body)[1].tensors if not t.role]
     co.push(serialize_update(Update(node_id="a", round=0, seq=1, kind="delta", num_samples=10,
                                     base_version=0, tensors=tensors)))
     assert co.run_evaluations() == 1
