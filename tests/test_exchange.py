@@ -145,3 +145,39 @@ def test_sim_downlink_with_error_feedback_learns_and_compresses_both_ways(tmp_pa
     assert "down-topk" in row["run_name"] and "+ef" in row["run_name"]
     assert row["test_accuracy"] > 0.85  # 4 classes: chance is 0.25
     assert row["compression_ratio_down"] > 2 and row["compression_ratio_total"] > 2
+
+
+SYNTH = {"task": "synthetic", "task_args": {"n_samples": 400, "dim": 8}, "nodes": 2,
+         "batch_size": 32, "lr": 0.1, "momentum": 0.0, "checkpoint_every": 0, "epochs": 1}
+
+
+def test_one_local_step_with_plain_outer_sgd_is_synchronous_sgd(tmp_path):
+    """H=1, plain inner SGD, outer lr 1 without momentum: the pseudo-gradient path is
+    synchronous SGD (the mean of -lr*g_i is -lr times the mean gradient)."""
+    sync = run_experiment(validate({**SYNTH, "out": tmp_path / "a", "mode": "sync"}),
+                          progress=False, log=None)
+    local = run_experiment(validate({**SYNTH, "out": tmp_path / "b", "mode": "fedavg",
+                                     "local_steps": 1}), progress=False, log=None)
+    assert sync["steps"] == local["steps"]
+    assert local["test_loss"] == pytest.approx(sync["test_loss"], rel=1e-5)
+    assert local["test_accuracy"] == sync["test_accuracy"]
+
+
+def test_outer_steps_send_one_pseudo_gradient_per_h_steps(tmp_path):
+    cfg = validate({**SYNTH, "out": tmp_path, "outer_steps": 4, "codec": "int8",
+                    "error_feedback": True, "epochs": 2})
+    assert (cfg.mode, cfg.local_steps, cfg.outer_lr, cfg.outer_momentum) == \
+        ("fedavg", 4, 0.7, 0.9)
+    row = run_experiment(cfg, progress=False, log=None)
+    rounds, inner_steps = row["steps"], row["steps"] * 4
+    assert row["uploads"] == 2 * inner_steps // 4 == 2 * rounds
+    sender = Sender("node-0", Encoder("int8"), Always())
+    from thinwire.tasks import build_model, load_task
+
+    task = load_task("synthetic", **SYNTH["task_args"])
+    model = build_model(task.model, task.num_classes, task.in_shape)
+    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    one = len(serialize_update(sender.message(sender.propose(grads, 0, 1.0), round=1, seq=1,
+                                               confidence=0.5, num_samples=128, kind="delta")))
+    assert row["bytes_up_wire"] == pytest.approx(row["uploads"] * one, rel=0.01)
+    assert "H4-outer0.7m0.9" in row["run_name"] and row["test_accuracy"] > 0.5

@@ -290,7 +290,7 @@ def swarm_in_threads(cfg, prepare=None) -> list[dict]:
 
 
 @pytest.mark.parametrize("extra", [
-    {"mode": "fedavg", "local_steps": 2, "codec": "int8"},
+    {"outer_steps": 2, "codec": "int8"},  # fedavg with DiLoCo's outer Nesterov step
     {"policy": "trigger", "codec": "topk(ratio=0.25)+int8", "error_feedback": True,
      "pack": True}])
 def test_codecs_and_policies_mean_what_they_mean_in_the_simulator(tmp_path, extra):

@@ -30,6 +30,12 @@ class TrainSection(Strict):
     mode: Literal["sync", "fedavg"] = Field("sync", description="sync: data-parallel SGD, "
                                             "every step; fedavg: local steps, then deltas")
     local_steps: int = Field(5, ge=1, description="fedavg: local SGD steps per round")
+    outer_steps: int | None = Field(None, ge=1, description="DiLoCo: H local steps, then the "
+                                    "pseudo-gradient through an outer Nesterov SGD (sets "
+                                    "mode fedavg, local_steps H; outer lr 0.7, momentum 0.9 "
+                                    "unless given)")
+    outer_lr: float = Field(1.0, gt=0, description="fedavg/DiLoCo outer step size (1: FedAvg)")
+    outer_momentum: float = Field(0.0, ge=0, lt=1, description="outer Nesterov momentum")
     epochs: int = Field(3, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
     batch_size: int = Field(64, ge=1, description="per node")
@@ -47,6 +53,16 @@ class TrainSection(Strict):
                        "global top-k, no per-tensor metadata")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads "
                                 "(default: torch's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outer_steps(cls, data: Any) -> Any:
+        """`outer_steps: H` is DiLoCo's preset: fedavg with H local steps and an outer
+        Nesterov SGD (lr 0.7, momentum 0.9) unless the config says otherwise."""
+        if isinstance(data, dict) and data.get("outer_steps") is not None:
+            data = {"outer_lr": 0.7, "outer_momentum": 0.9, **data, "mode": "fedavg",
+                    "local_steps": data["outer_steps"]}
+        return data
 
     @model_validator(mode="after")
     def _check_milestones(self) -> "TrainSection":
@@ -80,7 +96,10 @@ class TrainingConfig(TaskSection, CodecSection, PolicySection, StrategySection, 
             (f"down-{self.down_codec}" + ("+ef" if down_error_feedback else ""),
              self.down_codec != "none" and down.lossy),
             ("pack", self.pack), (self.skipped, self.skipped != "reuse"),
-            (f"lr{self.lr_schedule}", self.lr_schedule != "constant")) if on)
+            (f"lr{self.lr_schedule}", self.lr_schedule != "constant"),
+            (f"H{self.local_steps}-outer{self.outer_lr:g}m{self.outer_momentum:g}",
+             self.mode == "fedavg" and (self.outer_lr, self.outer_momentum) != (1.0, 0.0)))
+            if on)
         return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"
 
 

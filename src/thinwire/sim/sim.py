@@ -21,7 +21,8 @@ from ..exchange.link import LinkModel
 from ..exchange.packing import Packing
 from ..obs.ledger import HUB
 from ..policy import ModelDiffHistory
-from ..strategy import Contribution, Strategy, apply_delta, change_sq, restore, snapshot
+from ..strategy import (Contribution, OuterOptimizer, Strategy, apply_delta, change_sq, restore,
+                        snapshot)
 from ..tasks import Task, build_model, class_histograms, split_indices
 from ..tasks.evaluate import evaluate
 from ..tasks.step import forward_backward, next_batch
@@ -64,6 +65,8 @@ class Simulation:
         self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
                                  expected_nodes=len(self.nodes))
         self.down_encoder = Encoder(make_codec(cfg.down_codec, cfg.down_error_feedback))
+        self.outer = OuterOptimizer(self.params, cfg.outer_lr, cfg.outer_momentum,
+                                    nesterov=True)
         self.link = LinkModel.build(n_nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms,
                                     cfg.topology)
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())
@@ -188,8 +191,8 @@ class Simulation:
         down = 0
         if combined is not None:
             delta, down = self._broadcast(combined.tensors.params)
-            step = TensorSet(self.packing.unpack(delta)).add(combined.tensors.buffers, "buffer")
-            apply_delta(self.params, self.buffers, step)
+            self.outer.step(TensorSet(self.packing.unpack(delta)))  # plain FedAvg at lr 1
+            apply_delta({}, self.buffers, TensorSet(combined.tensors.buffers, "buffer"))
             self.history.push(change_sq(self.params, start))
         self._account(ups, down)
 
@@ -217,7 +220,8 @@ class Simulation:
                 "senders": [s.state_dict() for s in self.senders],
                 "receiver": self.receiver.state_dict(),
                 "down": [self.down_encoder.state_dict(), self.down_receiver.state_dict()],
-                "strategy": self.strategy.state_dict(), "history": self.history.state_dict(),
+                "strategy": self.strategy.state_dict(), "outer": self.outer.state_dict(),
+                "history": self.history.state_dict(),
                 "ledger": self.ledger.state_dict(), "records": self.records,
                 "counters": [self.step, self.epoch, self.comm_time, self.compute_time,
                              self.samples], "train_losses": self.train_losses,
@@ -234,6 +238,7 @@ class Simulation:
         self.down_encoder.load_state_dict(s["down"][0])
         self.down_receiver.load_state_dict(s["down"][1])
         self.strategy.load_state_dict(s["strategy"])
+        self.outer.load_state_dict(s["outer"])
         self.history.load_state_dict(s["history"])
         self.ledger.load_state_dict(s["ledger"])
         self.records = list(s["records"])

@@ -31,8 +31,8 @@ from ..obs.monitor import Monitor
 from ..obs.record import epoch_line, epoch_record
 from ..obs.resources import ResourceMonitor
 from ..policy import ModelDiffHistory
-from ..strategy import (Combined, Contribution, Strategy, apply_delta, change_sq, restore,
-                        snapshot)
+from ..strategy import (Combined, Contribution, OuterOptimizer, Strategy, apply_delta, change_sq,
+                        restore, snapshot)
 from ..tasks import Task, build_model, load_task, split_indices
 from ..tasks.evaluate import evaluate
 from ..tasks.step import forward_backward, next_batch
@@ -91,6 +91,8 @@ class Peer:
         self.receiver = Receiver(layout, cfg.codec)
         self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
                                  expected_nodes=cfg.nodes)
+        self.outer = OuterOptimizer(self.params, cfg.outer_lr, cfg.outer_momentum,
+                                    nesterov=True)
         self.link = LinkModel.build(cfg.nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms)
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())
         self.local = cfg.local_steps if cfg.mode == "fedavg" else 1
@@ -228,8 +230,8 @@ class Peer:
         restore(self.params, self.buffers, start, start_buffers)
         combined, diverged = self._exchange(own)
         if combined is not None:
-            step = TensorSet(self.packing.unpack(combined.tensors.params))
-            apply_delta(self.params, self.buffers, step.add(combined.tensors.buffers, "buffer"))
+            self.outer.step(TensorSet(self.packing.unpack(combined.tensors.params)))
+            apply_delta({}, self.buffers, TensorSet(combined.tensors.buffers, "buffer"))
             self.history.push(change_sq(self.params, start))
         return diverged
 

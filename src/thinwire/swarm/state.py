@@ -40,7 +40,8 @@ class PeerState:
     def shared(self) -> dict[str, Any]:
         p = self.peer
         return {"model": p.model.state_dict(), "opt": p.opt.state_dict(),
-                "strategy": p.strategy.state_dict(), "history": p.history.state_dict(),
+                "strategy": p.strategy.state_dict(), "outer": p.outer.state_dict(),
+                "history": p.history.state_dict(),
                 "receiver": p.receiver.state_dict(), "step": p.step, "epoch": p.epoch,
                 "records": p.records, "comm_time_s_sim": p.counts["comm_time_s_sim"]}
 
@@ -51,6 +52,7 @@ class PeerState:
         p.model.load_state_dict(tree["model"])
         p.opt.load_state_dict(optimizer_state(tree["opt"]))
         p.strategy.load_state_dict(tree["strategy"])
+        p.outer.load_state_dict(optimizer_state(tree["outer"]))
         p.history.load_state_dict(tree["history"])
         p.receiver.load_state_dict(tree["receiver"])
         p.strategy.expected_nodes = len(p.net.live)
