@@ -1,4 +1,4 @@
-"""Round mechanics of the coordinator (mixed into `Coordinator`, which owns the state).
+"""Round mechanics of the coordinator (a base of `Coordinator`, which owns the state).
 
 sync: a round collects one answer per active worker (an update, a lazy skip, or "not
 selected"), closes when every active worker answered (and at least min_workers did), or at
@@ -14,19 +14,51 @@ sel_clients by score/bits, or a greedy knapsack under up_budget_bits, may upload
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import torch
 
-from ..exchange import Rejected, TensorSet
-from ..strategy import Contribution, apply_delta
+from ..exchange import Receiver, Rejected, TensorSet
+from ..obs.ledger import LinkLedger
+from ..policy import ModelDiffHistory
+from ..strategy import Contribution, Strategy, apply_delta
 from ..wire import Update
 from .admission import ServiceError, check_header
 from .credentials import Caller
 from .schemas import check_record
 
+if TYPE_CHECKING:
+    from .config import FLQConfig
+    from .state import StateStore
+
 
 class RoundLogic:
+    """Round mechanics over the coordinator's state. What it reads and writes is declared
+    here (the Coordinator sets it up), so the dependency is explicit and type-checked."""
+
+    cfg: FLQConfig
+    lock: threading.RLock
+    receiver: Receiver
+    strategy: Strategy
+    ledger: LinkLedger
+    store: StateStore
+    history: ModelDiffHistory
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    workers: dict[str, dict[str, Any]]
+    applied_keys: dict[str, list[list[int]]]
+    selection_history: list[dict[str, Any]]
+    train_losses: list[float]
+    round: int
+    version: int
+    applied: int
+    samples: int
+    numel: int
+    log: Callable[[str], None]
+
     # ---- round bookkeeping ------------------------------------------------------------
     def _reset_round(self) -> None:
         self.pending: dict[str, Contribution] = {}
