@@ -250,7 +250,8 @@ def test_peers_refuse_a_swarm_with_another_config(tmp_path):
     peer differs and stop."""
     from thinwire.swarm.peer import Peer
 
-    folder = tempfile.mkdtemp(prefix="tw-")
+    folder = tmp_path / "ipc"
+    folder.mkdir()
     peers = [f"ipc://{folder}/a", f"ipc://{folder}/b"]
     errors: list[str] = []
 
@@ -274,18 +275,18 @@ def swarm_in_threads(cfg, prepare=None) -> list[dict]:
     (built one after another, so every peer's initial model is the same)."""
     from thinwire.swarm.peer import Peer
 
-    folder = tempfile.mkdtemp(prefix="tw-")
-    peers = [Peer(cfg, i, [f"ipc://{folder}/{j}" for j in range(cfg.nodes)], echo=False)
-             for i in range(cfg.nodes)]
-    if prepare is not None:
-        prepare(peers)
     stats: list[dict] = [{}] * cfg.nodes
-    threads = [threading.Thread(target=lambda i=i: stats.__setitem__(i, peers[i].run()))
-               for i in range(cfg.nodes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    with tempfile.TemporaryDirectory(prefix="tw-") as folder:
+        peers = [Peer(cfg, i, [f"ipc://{folder}/{j}" for j in range(cfg.nodes)], echo=False)
+                 for i in range(cfg.nodes)]
+        if prepare is not None:
+            prepare(peers)
+        threads = [threading.Thread(target=lambda i=i: stats.__setitem__(i, peers[i].run()))
+                   for i in range(cfg.nodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
     return stats
 
 
