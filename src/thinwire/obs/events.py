@@ -31,16 +31,20 @@ class EventLog:
 
     Thread-safe, since a monitor thread writes samples beside the training loop. `fresh`
     starts the file anew (a new run under an old name); listeners see every event written.
+    `shared`: several processes append to this one file (a swarm's peers), so every line
+    goes out in one write to the append-only file and lines never interleave.
     """
 
     def __init__(self, folder: Path | str, run: str, every: int = 1,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, shared: bool = False) -> None:
         self.path = Path(folder) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run, self.every = run, max(every, 1)
         self.listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self._file: TextIO | None = open(self.path, "w" if fresh else "a")
+        if fresh:
+            self.path.write_text("")
+        self._file: TextIO | None = open(self.path, "a", buffering=1 if shared else -1)
 
     def emit(self, kind: str, **fields: Any) -> None:
         line = {"t": round(time.time(), 3), "run": self.run, "type": kind, **fields}

@@ -62,3 +62,12 @@ def format_table(lines: list[list]) -> str:
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def result_text(row: dict, out: Path, as_json: bool = False, extra: str = "") -> str:
+    """What a run command prints: the row as one JSON line, or the table, `extra` lines and
+    where results.jsonl is."""
+    if as_json:
+        return json.dumps({k: v for k, v in row.items() if k != "history"})
+    return "\n".join([summary_table([row]), *([extra] if extra else []),
+                      f"results: {Path(out) / 'results.jsonl'}"])

@@ -26,67 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from ..errors import ThinwireError
+from ..errors import ThinwireError, WireError
 from ..wire.framing import Kind, append_frame, frame, scan_journal
+from ..wire.state import ENCODING, encode_state, join_tree, read_blob
 
 LEGACY_MAGIC = b"TWJ1"  # the journal format before wire/framing.py served it
 LEGACY_FRAME = struct.Struct("<IQ")
 RECORD_HEAD = struct.Struct("<I")  # length of a record's JSON header inside its frame
 SNAPSHOT, META, JOURNAL = "state.safetensors", "state.json", "journal.bin"
-ENCODING = 3  # tree + separate tensor references (2: in-tree {"__tensor__": key} markers)
 
 
 class StateError(ThinwireError):
     """A state directory that cannot be read or written."""
 
 
-# ---- tensors inside nested dicts <-> (JSON tree, tensor references, flat tensor dict) ------
-def split_tree(obj: Any, tensors: dict[str, torch.Tensor], refs: list[list],
-               path: list | None = None) -> Any:
-    """A JSON copy of `obj` in which each tensor is None, listed in `refs` as [path, key]
-    (path: dict keys and list indices from the root), its clone in `tensors[key]`. The
-    references live beside the tree, not in it, so no value inside the tree (a worker's
-    capabilities, say) can pose as one."""
-    path = [] if path is None else path
-    if isinstance(obj, torch.Tensor):
-        key = str(len(tensors))
-        tensors[key] = obj.detach().cpu().contiguous().clone()
-        refs.append([list(path), key])
-        return None
-    if isinstance(obj, dict):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif isinstance(obj, (list, tuple)):
-        items = list(enumerate(obj))
-    else:
-        return obj
-    out: Any = {} if isinstance(obj, dict) else [None] * len(items)
-    for k, v in items:
-        path.append(k)
-        out[k] = split_tree(v, tensors, refs, path)
-        path.pop()
-    return out
-
-
-def join_tree(tree: Any, refs: list, tensors: dict[str, torch.Tensor]) -> Any:
-    """Put each referenced tensor back where `split_tree` found it."""
-    for ref in refs:
-        path, key = ref
-        if not path or key not in tensors:
-            raise ValueError(f"bad tensor reference {ref!r}")
-        parent = tree
-        for step in path[:-1]:
-            parent = parent[step]
-        last = path[-1]
-        if not isinstance(parent, (dict, list)) or parent[last] is not None:
-            raise ValueError(f"tensor reference {ref!r} does not point at a placeholder")
-        parent[last] = tensors[key]
-    return tree
-
-
+# ---- snapshots written before the references moved out of the tree ----------------------
 def join_legacy(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Snapshots written before the references moved out of the tree ({"__tensor__": key}
     markers): a marker naming no stored tensor is left as plain data."""
@@ -134,11 +89,7 @@ class StateStore:
     # ---- snapshot ---------------------------------------------------------------------
     def save(self, tree: dict[str, Any]) -> int:
         """Commit `tree` (JSON values and tensors) atomically; returns bytes written."""
-        tensors: dict[str, torch.Tensor] = {}
-        refs: list[list] = []
-        meta = {"encoding": ENCODING, "tree": split_tree(tree, tensors, refs),
-                "tensors": refs}
-        data = st_save(tensors, metadata={"thinwire": json.dumps(meta)})
+        data, meta = encode_state(tree)  # wire/state.py: the blob every runtime writes
         atomic_write(self.dir / SNAPSHOT, data)
         atomic_write(self.dir / META, json.dumps(meta, indent=1, sort_keys=True).encode())
         return len(data)
@@ -147,17 +98,12 @@ class StateStore:
         path = self.dir / SNAPSHOT
         if not path.exists():
             return None
-        data = path.read_bytes()
         try:
-            tensors = st_load(data)
-            header_len = struct.unpack("<Q", data[:8])[0]
-            header = json.loads(data[8: 8 + header_len])
-            meta = json.loads(header["__metadata__"]["thinwire"])
+            meta, tensors = read_blob(path.read_bytes())
             if isinstance(meta, dict) and meta.get("encoding") == ENCODING:
                 return join_tree(meta["tree"], meta["tensors"], tensors)
             return join_legacy(meta, tensors)
-        except (SafetensorError, KeyError, IndexError, TypeError, ValueError, struct.error,
-                RecursionError) as exc:
+        except (WireError, KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
             raise StateError(f"{path} is corrupt ({type(exc).__name__}: {exc}); restore a "
                              "backup or start with a fresh --state-dir") from None
 

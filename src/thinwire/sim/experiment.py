@@ -10,8 +10,9 @@ import torch
 from tqdm import tqdm
 
 from ..obs.events import EventLog
+from ..config.training import run_common, run_extras
 from ..obs.monitor import Monitor
-from ..obs.record import record
+from ..obs.record import epoch_line, epoch_record, record
 from ..obs.resources import ResourceMonitor
 from ..obs.results import append_row
 from ..tasks import Task, format_histograms, load_task
@@ -88,44 +89,22 @@ def finish_epoch(sim: Simulation, epoch: int) -> None:
     bytes_epoch = sim.ledger.close_epoch()
     acc, loss = sim.evaluate()
     recent = sim.train_losses[-sim.steps_per_epoch() * len(sim.nodes):]
-    record = {"epoch": epoch + 1, "step": sim.step, "test_accuracy": acc, "test_loss": loss,
-              "train_loss": sum(recent) / max(len(recent), 1),
-              "bytes_wire_cum": sim.ledger.wire_total,
-              "bytes_wire_epoch": bytes_epoch["up_wire"] + bytes_epoch["down_wire"],
-              "uploads": bytes_epoch["sent"], "skipped": bytes_epoch["skipped"],
-              "comm_time_s_sim": sim.comm_time, "compute_time_s": sim.compute_time}
+    record = epoch_record(epoch + 1, sim.step, acc, loss, sum(recent) / max(len(recent), 1),
+                          sim.ledger.wire_total, bytes_epoch, sim.comm_time, sim.compute_time)
     sim.records.append(record)
     sim.epoch = epoch + 1
-    sim.write(f"epoch {epoch + 1}: acc={acc:.4f} loss={loss:.4f} "
-              f"train_loss={record['train_loss']:.4f} "
-              f"MB/epoch={record['bytes_wire_epoch'] / 1e6:.3f} sent={record['uploads']} "
-              f"skipped={record['skipped']}")
+    sim.write(epoch_line(record))
     every = sim.cfg.checkpoint_every
     if every and (epoch + 1) % every == 0:
         sim.save_checkpoint()
 
 
 def result_row(sim: Simulation, elapsed: float) -> dict:
-    cfg, last = sim.cfg, sim.records[-1]
-    epochs = max(len(sim.records), 1)
-    common = {
-        "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or sim.task.model,
-        "nodes": len(sim.nodes), "split": cfg.split if not cfg.centralized else "centralized",
-        "mode": "centralized" if cfg.centralized else cfg.mode,
-        "codec": "-" if cfg.centralized else sim.senders[0].encoder.codec.name,
-        "codec_config": "-" if cfg.centralized else cfg.codec,
-        "down_codec": cfg.down_codec,
-        "error_feedback": cfg.error_feedback and not cfg.centralized,
-        "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,
-        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
-        "train_loss": last["train_loss"],
-    }
-    return record(
-        "sim", common, sim.ledger.totals(),
-        epochs=len(sim.records), steps=sim.step, batch_size=cfg.batch_size, lr=cfg.lr,
-        lr_schedule=cfg.lr_schedule, pack=cfg.pack,
-        bytes_per_epoch=sim.ledger.wire_total / epochs, bandwidth=cfg.bandwidth,
-        comm_time_s_sim=sim.comm_time, compute_time_s=sim.compute_time,
-        wall_time_s=sim.comm_time + sim.compute_time, train_time_s=elapsed,
-        samples_per_s=sim.samples / sim.compute_time if sim.compute_time else None,
-        history=sim.records)
+    cfg, central = sim.cfg, sim.cfg.centralized
+    codec = "-" if central else sim.senders[0].encoder.codec.name
+    common = run_common(cfg, cfg.model or sim.task.model, len(sim.nodes), codec,
+                        sim.records[-1], central)
+    return record("sim", common, sim.ledger.totals(),
+                  **run_extras(cfg, sim.records, sim.step, sim.ledger.wire_total, sim.comm_time,
+                               sim.compute_time, elapsed, sim.samples),
+                  history=sim.records)

@@ -6,8 +6,9 @@ from .keyed import KeyedStrategy
 from .outer import OuterOptimizer
 from .rules import RULES, combine
 from .select import select_budget, select_top_k
-from .server import apply_delta
+from .server import apply_delta, change_sq, restore, snapshot
 from .strategy import SKIPPED, WEIGHTS, Combined, Contribution, Strategy, check
 
-__all__ = ["Combined", "Contribution", "KeyedStrategy", "OuterOptimizer", "RULES", "SKIPPED", "Strategy",
-           "WEIGHTS", "apply_delta", "check", "combine", "select_budget", "select_top_k"]
+__all__ = ["Combined", "Contribution", "KeyedStrategy", "OuterOptimizer", "RULES", "SKIPPED",
+           "Strategy", "WEIGHTS", "apply_delta", "change_sq", "check", "combine", "restore",
+           "select_budget", "select_top_k", "snapshot"]
