@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from thinwire.codecs import Encoder, make_codec
-from thinwire.exchange import Sender, TensorSet
+from thinwire.exchange import Sender
 from thinwire.policy import make_policy
 from thinwire.tasks.lm.tuning import QWEN2_ATTENTION, QWEN2_MLP, FFALora
 from thinwire.wire import serialize_update
@@ -26,10 +26,9 @@ QWEN2_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
 def upload_bytes(model: torch.nn.Module, targets: tuple[str, ...], codec: str) -> int:
     layout = FFALora(8, 16.0, targets).layout(model)
     gen = torch.Generator().manual_seed(0)
-    delta = TensorSet({n: torch.randn(s, generator=gen) * 1e-3 for n, s in layout.items()},
-                      "adapter")
+    delta = {n: torch.randn(s, generator=gen) * 1e-3 for n, s in layout.items()}
     sender = Sender("w", Encoder(make_codec(codec, error_feedback=True)), make_policy("always"))
-    proposal = sender.propose(delta.to_wire(), 1, 1.0)
+    proposal = sender.propose(delta, 1, 1.0, role="adapter")
     return len(serialize_update(sender.message(proposal, kind="delta", seq=1)))
 
 

@@ -51,6 +51,7 @@ async def client(i: int, http: httpx.AsyncClient, layout: dict, stop: float,
     wid = f"load-{i}"
     r = await http.post("/v1/workers", json={"worker_id": wid, "session": f"s{i}"})
     r.raise_for_status()
+    key = {"X-Thinwire-Worker-Key": r.json().get("worker_key", "")}
     enc = make_codec("none")
     gen = torch.Generator().manual_seed(i)
     tensors = [enc.encode(torch.randn(shape, generator=gen) * 1e-6, None, name)
@@ -62,7 +63,7 @@ async def client(i: int, http: httpx.AsyncClient, layout: dict, stop: float,
                                        kind="delta", num_samples=1, base_version=version))
         for attempt in range(2 if seq % 3 == 0 else 1):
             t0 = time.perf_counter()
-            r = await http.post("/v1/updates", content=body)
+            r = await http.post("/v1/updates", content=body, headers=key)
             out["latency"].append(time.perf_counter() - t0)
             out["bytes"] += len(body)
             if r.status_code != 200:

@@ -26,9 +26,9 @@ def model_set() -> TensorSet:
 def test_tensorset_roles_travel_and_come_back():
     ts = model_set()
     assert list(ts.params) == ["w", "b"] and list(ts.buffers) == ["bn.mean"]
-    back = TensorSet.from_wire(ts.to_wire())
+    back = TensorSet.from_state_dict(ts.state_dict())
     assert [back.role(n) for n in back] == ["param", "param", "buffer"]
-    assert layout_of(ts)["buffer:bn.mean"] == ((3,), "buffer")
+    assert layout_of(ts)["bn.mean"] == ((3,), "buffer")
     with pytest.raises(ValueError, match="role"):
         TensorSet({"x": torch.ones(1)}, role="weights")
 
@@ -44,6 +44,7 @@ def test_update_crosses_the_transport_and_decodes_with_roles():
     src, got = transport.recv(HUB)
     receiver = Receiver(layout_of(model), codec="int8")
     arrival = receiver.receive(got, src)
+    assert [t.name for t in update.tensors] == ["w", "b", "bn.mean"]  # names as in the model
     assert arrival.tensors.role("bn.mean") == "buffer"
     assert torch.equal(arrival.tensors["bn.mean"], model["bn.mean"])  # lossless
     assert torch.allclose(arrival.tensors["w"], model["w"], atol=0.05)
@@ -65,6 +66,10 @@ def test_receiver_refuses_wrong_layout_and_codec_and_changes_nothing():
     other = Sender("n0", Encoder("int8"), Always())
     with pytest.raises(Rejected, match="expects 'laq'"):
         receiver.receive(serialize_update(other.message(other.propose(dict(model.params), 0, 1))))
+    as_param = Sender("n0", Encoder("laq"), Always())  # a buffer sent as a parameter
+    swapped = {"w": model["w"], "b": model["b"], "bn.mean": model["bn.mean"]}
+    with pytest.raises(Rejected, match="sent as a param"):
+        receiver.receive(serialize_update(as_param.message(as_param.propose(swapped, 0, 1.0))))
     with pytest.raises(Rejected, match="malformed"):
         receiver.receive(b"\x00garbage")
     assert json.dumps(receiver.state_dict(), default=str) == json.dumps(before, default=str)
@@ -106,3 +111,73 @@ def test_sim_record_ratios_match_the_ledger_and_events_are_written(tmp_path):
     assert sum(link["wire"] for link in last_epoch["links"]) == up + down
     assert last_epoch["resources"]["rss_bytes"] > 0
     assert events[-1]["record"]["compression_ratio_total"] == row["compression_ratio_total"]
+
+
+def test_server_error_feedback_keeps_applied_sum_close_to_aggregate_sum():
+    """DoubleSqueeze-style downlink: what nodes apply, summed over T broadcasts, differs from
+    the sum of the aggregates by exactly the server's residual, which stays bounded; without
+    error feedback the gap grows with T."""
+    from thinwire.codecs import decode
+
+    gen = torch.Generator().manual_seed(0)
+    aggregates = [torch.randn(2000, generator=gen) + 0.05 for _ in range(60)]
+    gaps = {}
+    for ef in (True, False):
+        enc = Encoder("topk(ratio=0.05)+int8", error_feedback=ef)
+        applied = torch.zeros(2000)
+        for g in aggregates:
+            applied += decode(enc.encode(g, "w"))
+        gaps[ef] = float((applied - sum(aggregates)).norm())
+        if ef:
+            residual = enc.state.slot("w")["residual"]
+            assert gaps[ef] == pytest.approx(float(residual.norm()), rel=1e-4)
+    one = float(aggregates[0].norm())
+    assert gaps[True] < 3 * one < gaps[False]
+
+
+def test_sim_downlink_with_error_feedback_learns_and_compresses_both_ways(tmp_path):
+    cfg = validate({"task": "synthetic", "task_args": {"n_samples": 400, "dim": 8},
+                    "nodes": 2, "epochs": 3, "batch_size": 32, "lr": 0.1, "out": tmp_path,
+                    "codec": "topk(ratio=0.25)+int8", "error_feedback": True,
+                    "down_codec": "topk(ratio=0.25)+int8", "down_error_feedback": True,
+                    "checkpoint_every": 0})
+    row = run_experiment(cfg, progress=False, log=None)
+    assert "down-topk" in row["run_name"] and "+ef" in row["run_name"]
+    assert row["test_accuracy"] > 0.85  # 4 classes: chance is 0.25
+    assert row["compression_ratio_down"] > 2 and row["compression_ratio_total"] > 2
+
+
+SYNTH = {"task": "synthetic", "task_args": {"n_samples": 400, "dim": 8}, "nodes": 2,
+         "batch_size": 32, "lr": 0.1, "momentum": 0.0, "checkpoint_every": 0, "epochs": 1}
+
+
+def test_one_local_step_with_plain_outer_sgd_is_synchronous_sgd(tmp_path):
+    """H=1, plain inner SGD, outer lr 1 without momentum: the pseudo-gradient path is
+    synchronous SGD (the mean of -lr*g_i is -lr times the mean gradient)."""
+    sync = run_experiment(validate({**SYNTH, "out": tmp_path / "a", "mode": "sync"}),
+                          progress=False, log=None)
+    local = run_experiment(validate({**SYNTH, "out": tmp_path / "b", "mode": "fedavg",
+                                     "local_steps": 1}), progress=False, log=None)
+    assert sync["steps"] == local["steps"]
+    assert local["test_loss"] == pytest.approx(sync["test_loss"], rel=1e-5)
+    assert local["test_accuracy"] == sync["test_accuracy"]
+
+
+def test_outer_steps_send_one_pseudo_gradient_per_h_steps(tmp_path):
+    cfg = validate({**SYNTH, "out": tmp_path, "outer_steps": 4, "codec": "int8",
+                    "error_feedback": True, "epochs": 2})
+    assert (cfg.mode, cfg.local_steps, cfg.outer_lr, cfg.outer_momentum) == \
+        ("fedavg", 4, 0.7, 0.9)
+    row = run_experiment(cfg, progress=False, log=None)
+    rounds, inner_steps = row["steps"], row["steps"] * 4
+    assert row["uploads"] == 2 * inner_steps // 4 == 2 * rounds
+    sender = Sender("node-0", Encoder("int8"), Always())
+    from thinwire.tasks import build_model, load_task
+
+    task = load_task("synthetic", **SYNTH["task_args"])
+    model = build_model(task.model, task.num_classes, task.in_shape)
+    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    one = len(serialize_update(sender.message(sender.propose(grads, 0, 1.0), round=1, seq=1,
+                                               confidence=0.5, num_samples=128, kind="delta")))
+    assert row["bytes_up_wire"] == pytest.approx(row["uploads"] * one, rel=0.01)
+    assert "H4-outer0.7m0.9" in row["run_name"] and row["test_accuracy"] > 0.5

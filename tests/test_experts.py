@@ -344,8 +344,10 @@ def adapter(co, wid: str) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def upload(wid: str, tensors: dict, seq: int, version: int, codec: str = CODEC,
-           nan: bool = False) -> bytes:
+           nan: bool = False, role: str = "adapter") -> bytes:
     payloads = [make_codec(codec).encode(t, None, n) for n, t in tensors.items()]
+    for payload in payloads:
+        payload.role = role
     if nan:  # an int8 payload whose scale is NaN: well-formed, decodes to NaN
         payloads[0].buffers[-1] = torch.tensor([float("nan")])
     return serialize_update(Update(node_id=wid, kind="delta", seq=seq, base_version=version,
@@ -365,6 +367,7 @@ def test_bad_updates_are_refused_clearly(world):
         "missing": upload("probe-0", dict(list(zeros.items())[1:]), 2, version),
         "non-finite": upload("probe-0", zeros, 3, version, nan=True),
         "ahead of": upload("probe-0", zeros, 4, version + 5),
+        "sent as a param": upload("probe-0", zeros, 5, version, role=""),
     }
     for expect, body in cases.items():
         r = co.call("POST", "/v1/updates", content=body)

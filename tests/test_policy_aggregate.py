@@ -137,7 +137,10 @@ def test_accumulated_skips_are_applied_exactly_once():
 
 def test_accumulate_counts_silent_nodes_and_leaves_buffers_alone():
     agg = Strategy("mean", "uniform", "accumulate", expected_nodes=4)
-    agg.submit("a", Contribution({"w": torch.ones(2), "buffer:bn.var": torch.full((2,), 3.0)}))
+    from thinwire.exchange import TensorSet
+
+    tensors = TensorSet({"w": torch.ones(2)}).add({"bn.var": torch.full((2,), 3.0)}, "buffer")
+    agg.submit("a", Contribution(tensors))
     out = agg.result().tensors
     assert torch.allclose(out["w"], torch.full((2,), 0.25))  # 3 nodes not heard from yet
     assert out.role("bn.var") == "buffer"

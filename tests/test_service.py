@@ -3,10 +3,7 @@ crafted HTTP clients for the protocol edges (idempotency, auth, bad input, resta
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,119 +11,18 @@ import httpx
 import pytest
 import torch
 
-from thinwire.codecs import decode, make_codec
+from service_harness import delta_update, filled, services  # noqa: F401  (fixture)
+from thinwire.codecs import decode
 from thinwire.errors import ConfigError
 from thinwire.errors import run_main
 from thinwire.service.cli import coordinator_main
 from thinwire.service.config import load_config
 from thinwire.service.core import Coordinator
 from thinwire.service.learner import Learner
-from thinwire.service.quick_test import free_port
 from thinwire.server.state import StateStore
 from thinwire.tasks import load_task
-from thinwire.wire import Update, parse_update, serialize_update
-
-SYNTH = ["task=synthetic", "task_args={n_samples: 400, num_classes: 4, dim: 8}",
-         "local_steps=5", "batch_size=16", "lr=0.1"]
-TOKEN = "s3cret-token"
-
-
-class Service:
-    """A coordinator subprocess plus helpers to talk to it like a worker would."""
-
-    def __init__(self, state_dir, sets, token=TOKEN, port=None):
-        self.state_dir, self.sets, self.token = state_dir, [*SYNTH, *sets], token
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workers: list[subprocess.Popen] = []
-        self.start()
-
-    def start(self):
-        cmd = [sys.executable, "-m", "thinwire.service.coordinator", "--port", str(self.port),
-               "--state-dir", str(self.state_dir), "--quiet"]
-        for s in self.sets:
-            cmd += ["--set", s]
-        env = {**os.environ, "THINWIRE_TOKEN": self.token}
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("coordinator did not start")
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        for w in self.workers:
-            if w.poll() is None:
-                w.kill()
-            w.wait()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-    def worker(self, wid, *extra):
-        cmd = [sys.executable, "-m", "thinwire.service.worker", "--coordinator-url", self.url,
-               "--worker-id", wid, "--token", self.token, "--quiet", "--retry-for", "30",
-               *extra]
-        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        self.workers.append(proc)
-        return proc
-
-    def call(self, method, path, token=None, **kw):
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
-
-    def status(self):
-        return httpx.get(self.url + "/v1/status", timeout=10).json()
-
-    def register(self, wid, session="s1"):
-        r = self.call("POST", "/v1/workers", json={"worker_id": wid, "session": session})
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def model(self, wid):
-        r = self.call("GET", "/v1/model", params={"worker_id": wid})
-        assert r.status_code == 200, r.text
-        return {t.name: decode(t) for t in parse_update(r.content).tensors}
-
-    def push(self, body):
-        return self.call("POST", "/v1/updates", content=body)
-
-    def wait(self, predicate, timeout=120.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            status = self.status()
-            if predicate(status):
-                return status
-            time.sleep(0.2)
-        raise AssertionError(f"timed out; status {json.dumps(self.status())[:2000]}")
-
-
-@pytest.fixture
-def services():
-    started = []
-    yield lambda *a, **kw: started.append(Service(*a, **kw)) or started[-1]
-    for s in started:
-        s.stop()
-
-
-def delta_update(wid, round_, seq, tensors, base_version=0, codec="none"):
-    enc = make_codec(codec)
-    return serialize_update(Update(node_id=wid, round=round_, seq=seq, kind="delta",
-                                   num_samples=10, base_version=base_version,
-                                   tensors=[enc.encode(t, None, n) for n, t in tensors.items()]))
-
-
-def filled(model, value):
-    return {n: torch.full_like(t, value) for n, t in model.items()}
-
+from thinwire.wire import parse_update, serialize_update
+from thinwire.wire.model import parse_model_message
 
 # ---- end to end with real workers -------------------------------------------------------
 def test_three_round_run_learns(tmp_path, services):
@@ -206,8 +102,7 @@ def test_token_idempotency_and_bad_updates(tmp_path, services):
     body = delta_update("a", 0, 1, filled(theta0, 0.01))
     first, again = svc.push(body), svc.push(body)
     assert first.json()["status"] == "accepted" and again.json()["status"] == "duplicate"
-    r = svc.call("POST", "/v1/skips", json={"worker_id": "b", "round": 0, "reason": "lazy"})
-    assert r.status_code == 200
+    assert svc.skip("b", 0).status_code == 200
     status = svc.wait(lambda s: s["version"] == 1)
     assert status["uploads"] == 1 and status["skipped"] == 1
     theta1 = svc.model("a")
@@ -251,8 +146,8 @@ def test_top_k_selection_over_http(tmp_path, services):
 
     def offer(w):
         score, bits = offers[w]
-        return svc.call("POST", "/v1/offers", json={"worker_id": w, "round": 0, "score": score,
-                                                    "bits": bits}).json()["selected"]
+        return svc.call("POST", "/v1/offers", wid=w, json={
+            "worker_id": w, "round": 0, "score": score, "bits": bits}).json()["selected"]
 
     with ThreadPoolExecutor(3) as pool:
         chosen = dict(zip(offers, pool.map(offer, offers)))
@@ -280,12 +175,12 @@ def test_lossy_downlink_sends_deltas_that_track_the_view(tmp_path):
     co.register("a", "s")
     body, head = co.pull("a")
     assert head["X-Thinwire-Kind"] == "full"
-    worker = {t.name: decode(t) for t in parse_update(body).tensors}
+    worker = {t.name: decode(t) for t in parse_model_message(body)[1].tensors}
     names = [n for n in worker if not n.startswith("buffer:")]
     co.push(delta_update("a", 0, 1, {n: torch.full_like(worker[n], 1e-3) for n in names}))
     body, head = co.pull("a", have=0)
     assert head["X-Thinwire-Kind"] == "delta" and co.version == 1
-    for t in parse_update(body).tensors:
+    for t in parse_model_message(body)[1].tensors:
         worker[t.name] = worker[t.name] + decode(t)
     assert all(worker[n].equal(co.view[n]) for n in names)
     assert all(torch.allclose(co.view[n], co.params[n], atol=1e-5) for n in names)
@@ -351,3 +246,14 @@ def test_journal_ignores_torn_tail_and_snapshot_roundtrips(tmp_path):
     assert tree["version"] == 3 and tree["w"]["x"].equal(torch.arange(4.0))
     store.reset_journal()
     assert list(store.records()) == []
+
+
+def test_worker_refuses_a_malformed_coordinator_config():
+    from thinwire.service.config import WorkerConfig
+
+    view = load_config(None, {"task": "synthetic"}).worker_view()
+    assert WorkerConfig.of(view).codec == "none" and view["mode"] == view["preset"]
+    with pytest.raises(ConfigError, match="cannot use.*lr"):
+        WorkerConfig.of({**view, "lr": -1})
+    with pytest.raises(ConfigError, match="schedule"):
+        WorkerConfig.of({k: v for k, v in view.items() if k != "schedule"})

@@ -9,7 +9,7 @@ from thinwire.errors import ConfigError
 from thinwire.sim import sim as sim_module
 from thinwire.sim.config import build_config, validate
 from thinwire.sim.experiment import run_experiment
-from thinwire.sim.link import Link, LinkModel, parse_bandwidth
+from thinwire.exchange.link import Link, LinkModel, parse_bandwidth
 from thinwire.wire import serialize_update
 
 SYNTH = {"task": "synthetic", "task_args": {"n_samples": 400, "num_classes": 4, "dim": 8},
@@ -179,7 +179,7 @@ def test_pack_sends_one_payload_and_none_codec_matches_unpacked(tmp_path):
 
 
 def test_lr_schedules_follow_the_step(tmp_path):
-    from thinwire.sim.schedule import lr_at
+    from thinwire.config.training import lr_at
 
     step = cfg(tmp_path, lr=0.1, epochs=3, lr_schedule="step")
     assert [lr_at(step, s, 10) for s in (0, 19, 20, 29)] == pytest.approx([0.1, 0.1, 0.01, 0.01])

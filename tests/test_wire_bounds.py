@@ -197,3 +197,19 @@ def test_seed_and_factor_codecs_cannot_declare_more_than_the_element_limit(spec)
     msg.shape[:] = [1 << 15, 1 << 15]
     with pytest.raises(WireError, match="over the limit"):
         parse_payload(msg.SerializeToString(), WireLimits(max_elements=1 << 26))
+
+
+def test_unknown_fields_are_refused_at_every_level():
+    """ByteSize() counts unknown fields, so a size check alone let them through."""
+    import torch
+
+    from thinwire.codecs import make_codec
+    from thinwire.errors import WireError
+    from thinwire.wire import Update, parse_update, serialize_update
+
+    good = serialize_update(Update(node_id="a", tensors=[make_codec("none").encode(
+        torch.ones(3), None, "w")]))
+    parse_update(good)
+    for extra in (b"\x98\x06\x01", b"\xfa\x06\x04abcd"):  # varint field 99, bytes field 111
+        with pytest.raises(WireError, match="does not know"):
+            parse_update(good + extra)

@@ -6,12 +6,13 @@ User mistakes print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .config import add_config_flags, config_flags
+from .config import add_command_flags, config_flags
 from .errors import ThinwireError, run_main
+from .obs.dashboard import add_dashboard_flag, open_dashboard
+from .obs.results import result_text
 
 # Every config key of the simulator is a flag (generated from RunConfig). compare sweeps
 # codecs (--codecs) and adds the baseline itself (--centralized); --policy and --seed are
@@ -22,12 +23,8 @@ COMPARE_OWN = ("codec", "centralized")
 def add_run_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     from .sim.config import RunConfig
 
-    p.add_argument("-c", "--config", type=Path, help="YAML/JSON config file (examples/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. communication.sync_interval=3")
-    p.add_argument("--json", action="store_true", help="print result rows as JSON lines")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_config_flags(p, RunConfig, exclude)
+    add_dashboard_flag(p)
+    add_command_flags(p, RunConfig, exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None)
     demo.add_argument("--json", action="store_true")
     demo.add_argument("--no-progress", action="store_true")
+    add_dashboard_flag(demo)
     sub.add_parser("codecs", help="list codecs: what each sends, bytes/element, properties")
     for name, help_text in PASSTHROUGH_HELP.items():
         sp = sub.add_parser(name, help=help_text, add_help=False)
@@ -63,14 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sim.experiment import run_experiment
 
     cfg = build_config(args.config, config_flags(args), args.set)
-    row = run_experiment(cfg, progress=not args.no_progress)
-    if args.json:
-        print(json.dumps({k: v for k, v in row.items() if k != "history"}))
-    else:
-        from .obs.results import summary_table
-
-        print(summary_table([row]))
-        print(f"results: {cfg.out / 'results.jsonl'}")
+    with open_dashboard(args.dashboard, [cfg.out / cfg.name()]):
+        row = run_experiment(cfg, progress=not args.no_progress)
+    print(result_text(row, cfg.out, args.json))
     return 0
 
 
@@ -88,14 +81,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ThinwireError(f"--seeds {args.seeds!r}: use a comma list of integers") from None
     configs = plan(base, codecs, policies, seeds, args.centralized)
-    run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sim.demo import demo
+    from .sim.demo import demo, demo_configs
 
-    return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
+    configs = demo_configs(args.out, args.epochs, args.data_dir)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        return demo(args.out, args.epochs, args.data_dir, args.json, not args.no_progress)
 
 
 def cmd_codecs(args: argparse.Namespace) -> int:
@@ -120,6 +116,9 @@ PASSTHROUGH = {
     "validate": ("thinwire.collective.validate", "validate_main"),
     "generate": ("thinwire.collective.generate", "generate_main"),
     "report": ("thinwire.collective.report", "report_main"),
+    "swarm": ("thinwire.swarm.cli", "swarm_main"),
+    "peer": ("thinwire.swarm.cli", "peer_main"),
+    "dashboard": ("thinwire.obs.dashboard", "dashboard_main"),
     "gateway": ("thinwire.experts.tool", "gateway_main"),
 }
 # A command shared by two runtimes goes to the other one when one of these flags is given:
@@ -140,6 +139,9 @@ PASSTHROUGH_HELP = {
     "validate": "validation loss and perplexity of a saved LM",
     "generate": "sample text from a saved LM; --coordinator-url: ask the routed expert",
     "report": "table and plots from collective results.jsonl files",
+    "swarm": "peers as OS processes over ZeroMQ (ipc or tcp), every run flag; same table/row",
+    "peer": "one swarm peer (--id I --peers tcp://h0:p0,...), for runs over several machines",
+    "dashboard": "live web page of running and finished runs (thinwire dashboard runs/)",
     "gateway": "federated experts: the merged gateway model (info, --save-gateway, --export-hf)",
 }
 

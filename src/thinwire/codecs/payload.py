@@ -51,6 +51,7 @@ class Payload:
     seed: int = 0
     parts: list["Payload"] = field(default_factory=list)
     name: str = ""
+    role: str = ""  # "" = a parameter; "buffer", "adapter" (set by the exchange layer)
 
     @property
     def numel(self) -> int:

@@ -120,6 +120,7 @@ def comm_fields(metrics: RunMetrics, step_ms_total: float, raw_per_step: int,
         "bytes_raw_total": int(raw),
         "bytes_compressed_total": int(sent),
         "compression_ratio": raw / sent if sent else None,
+        "compression_ratio_total": raw / sent if sent else None,  # obs/record.py's key
         "compression_ratio_steady": (steady["bytes_raw"] / steady["bytes_compressed"]
                                      if steady.get("bytes_compressed") else
                                      (raw / sent if sent else None)),

@@ -8,12 +8,12 @@ writes val_ppl_vs_bytes.png and step_time_by_method.png to --out (default <first
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..obs.results import format_table, read_rows
 
 
 def find_rows(paths: list[Path]) -> list[dict[str, Any]]:
@@ -23,11 +23,7 @@ def find_rows(paths: list[Path]) -> list[dict[str, Any]]:
         if not files:
             raise DataError(f"no results.jsonl under {path}")
         for f in files:
-            for line in f.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if "compress_method" in row and "val_ppl" in row:
-                        rows.append(row)
+            rows += [r for r in read_rows(f) if "compress_method" in r and "val_ppl" in r]
     if not rows:
         raise DataError("no collective runs (rows with compress_method and val_ppl) found")
     return rows
@@ -64,10 +60,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{ratio:.1f}" if ratio else "-", f"{r['val_ppl']:.2f}",
             f"{100 * (r['val_ppl'] / ref - 1):+.2f}" if ref else "-",
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return format_table(lines)
 
 
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

@@ -151,3 +151,15 @@ def convert(raw: Any, flag: Flag) -> Any:
                               "'{n_samples: 200}'")
         return value
     return raw
+
+
+def add_command_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
+                      exclude: Iterable[str] = ()) -> list[Flag]:
+    """A training command's flags: a config file, `--set`, `--json`, `--no-progress`, and one
+    flag per key of `model`."""
+    parser.add_argument("-c", "--config", type=Path, help="YAML/JSON config file (examples/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. communication.sync_interval=3")
+    parser.add_argument("--json", action="store_true", help="print result rows as JSON lines")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return add_config_flags(parser, model, exclude)

@@ -138,6 +138,8 @@ class OutputSection(Strict):
     run_name: str | None = Field(None, description="default: built from the settings")
     checkpoint_every: int = Field(5, ge=0, description="epochs between checkpoints; 0 disables")
     resume: bool = Field(False, description="continue from the run's checkpoint")
+    monitor_every: float = Field(1.0, ge=0, description="seconds between resource samples "
+                                 "in events.jsonl (obs/monitor.py); 0 disables")
 
 
 SECTIONS: tuple[type[Strict], ...] = (TaskSection, CodecSection, PolicySection,

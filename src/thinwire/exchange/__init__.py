@@ -4,10 +4,10 @@ Every runtime moves tensors through these: the simulator over `MemoryTransport`,
 workers over `HttpTransport` (exchange/http.py, imported on demand: it needs httpx).
 """
 
-from .receiver import Arrival, Layout, Receiver, Rejected
+from .receiver import Arrival, Layout, Receiver, Rejected, decode_update
 from .sender import Proposal, Sender
-from .tensorset import ROLES, TensorSet, from_wire_name, layout_of, wire_name
+from .tensorset import ROLES, TensorSet, layout_of
 from .transport import MemoryTransport, Transport
 
 __all__ = ["Arrival", "Layout", "MemoryTransport", "Proposal", "ROLES", "Receiver", "Rejected",
-           "Sender", "TensorSet", "Transport", "from_wire_name", "layout_of", "wire_name"]
+           "Sender", "TensorSet", "Transport", "decode_update", "layout_of"]

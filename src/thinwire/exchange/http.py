@@ -15,13 +15,10 @@ from typing import Any
 
 import httpx
 
-from ..errors import ThinwireError
 from ..obs.ledger import LinkLedger
-from .transport import Transport
+from .transport import Transport, TransportError
 
-
-class TransportError(ThinwireError):
-    """Fatal for the client: bad token, server gone for good."""
+__all__ = ["HttpTransport", "TransportError", "error_of"]
 
 
 def error_of(r: httpx.Response) -> str:

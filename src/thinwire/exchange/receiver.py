@@ -15,7 +15,8 @@ import torch
 from ..codecs import Decoder, make_codec
 from ..errors import CodecError, ThinwireError, WireError
 from ..wire import Update, WireLimits, parse_update
-from .tensorset import DEFAULT_ROLE, TensorSet
+from ..codecs import decode as decode_stateless
+from .tensorset import DEFAULT_ROLE, TensorSet, role_of
 
 Layout = dict[str, tuple[tuple[int, ...], str]]  # wire name -> (shape, role)
 CODED_ROLES = (DEFAULT_ROLE, "adapter")  # sent through the codec, required in every message
@@ -24,6 +25,10 @@ REQUIRED_ROLES = CODED_ROLES  # other roles (buffers) are lossless and may be le
 
 class Rejected(ThinwireError):
     """A message this receiver refuses; the text says what was wrong and how to fix it."""
+
+
+class _LayoutRefusal(WireError):
+    """Carries a layout refusal out of the parser's `expect` hook."""
 
 
 @dataclass
@@ -50,17 +55,26 @@ class Receiver:
         self.decoders: dict[str, Decoder] = {}
 
     def receive(self, body: bytes, peer: str | None = None) -> Arrival:
-        update = self.parse(body)
+        update = self.parse(body)  # checks the layout too, before any decoding work
         if peer is not None and update.node_id != peer:
             raise Rejected(f"message from {peer!r} names node {update.node_id!r}")
-        self.check(update)
         return self.decode(update, len(body))
 
     def parse(self, body: bytes) -> Update:
         try:
-            return parse_update(body, self.limits)
+            return parse_update(body, self.limits, expect=self._expect)
+        except _LayoutRefusal as exc:
+            raise Rejected(str(exc)) from None
         except WireError as exc:
             raise Rejected(f"malformed update: {exc}") from None
+
+    def _expect(self, update: Update) -> None:
+        """The layout check, run by the parser before any codec reads a buffer; its
+        refusal surfaces from `parse` as a Rejected like any other."""
+        try:
+            self.check(update)
+        except Rejected as exc:
+            raise _LayoutRefusal(str(exc)) from None
 
     def check(self, update: Update) -> None:
         """Names must be exactly the layout's required tensors (plus optional other roles);
@@ -78,6 +92,9 @@ class Receiver:
                            f"unknown {unknown[:5]}; pull the model again and train on it")
         for t in update.tensors:
             shape, role = self.layout[t.name]
+            if role_of(t.role) != role:
+                raise Rejected(f"tensor '{t.name}' is sent as a {role_of(t.role)} but the model "
+                               f"holds it as a {role}")
             if tuple(t.shape) != shape:
                 raise Rejected(f"tensor '{t.name}' has shape {list(t.shape)[:8]} but the model "
                                f"has {list(shape)}")
@@ -90,7 +107,9 @@ class Receiver:
         decoder = self.decoders.setdefault(update.node_id, Decoder())
         before = decoder.state_dict() if decoder.state.slots else None
         try:
-            out = {t.name: decoder.decode(t).float() for t in update.tensors}
+            out = TensorSet()
+            for t in update.tensors:
+                out.add({t.name: decoder.decode(t).float()}, role_of(t.role))
             bad = [n for n, v in out.items() if v.numel() and not bool(torch.isfinite(v).all())]
             if bad:
                 raise Rejected(f"update decodes to non-finite values in {bad[:5]}; check the "
@@ -101,7 +120,7 @@ class Receiver:
         except BaseException:
             self.restore(update.node_id, before)
             raise
-        return Arrival(update, TensorSet.from_wire(out), nbytes, self, before)
+        return Arrival(update, out, nbytes, self, before)
 
     def restore(self, peer: str, before: dict | None) -> None:
         decoder = self.decoders.setdefault(peer, Decoder())
@@ -124,3 +143,11 @@ class Receiver:
             self.decoders[peer].load_state_dict(s)
 
 
+
+
+def decode_update(update: Update) -> TensorSet:
+    """Decode an update whose codecs keep no receiver state (models, downlink deltas)."""
+    out = TensorSet()
+    for t in update.tensors:
+        out.add({t.name: decode_stateless(t)}, role_of(t.role))
+    return out

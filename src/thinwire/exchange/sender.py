@@ -18,7 +18,7 @@ import torch
 from ..codecs import Encoder, ErrorFeedback, make_codec
 from ..policy import SendContext, SendPolicy
 from ..wire import Update
-from .tensorset import DEFAULT_ROLE, Tensors, TensorSet, wire_name
+from .tensorset import DEFAULT_ROLE, Tensors, TensorSet, wire_role
 
 LOSSLESS_ROLES = ("buffer",)  # running statistics travel exactly
 
@@ -61,7 +61,9 @@ class Sender:
         return isinstance(codec, ErrorFeedback) or codec.own_feedback
 
     def propose(self, tensors: Tensors, step: int, confidence: float,
-                tentative: bool = False) -> Proposal:
+                tentative: bool = False, role: str = DEFAULT_ROLE) -> Proposal:
+        """`role`: what the tensors are to the receiver (params, or LoRA `adapter`s), both
+        sent through the codec."""
         norm = float(torch.sqrt(sum((t.float() ** 2).sum() for t in tensors.values())))
         ctx = SendContext(step=step, grad_norm=norm, confidence=confidence)
         if self.pending is not None:
@@ -81,6 +83,8 @@ class Sender:
             return Proposal(False, reason, ctx)
         if not (self.policy.needs_encoding or tentative):
             payloads, recon = [self.encoder.encode(t, n) for n, t in tensors.items()], None
+        for payload in payloads:
+            payload.role = wire_role(role)
         proposal = Proposal(True, reason, ctx, payloads, recon,
                             snapshot if tentative else None)
         if not tentative:
@@ -111,10 +115,12 @@ class Sender:
         """The wire message of a send: the proposal's payloads plus `extra` tensors of other
         roles (buffers go lossless)."""
         tensors = list(proposal.payloads)
-        for wire, role, t in (extra or TensorSet()).wire_items():
+        for name, role, t in (extra or TensorSet()).items_with_roles():
             if role == DEFAULT_ROLE:
-                raise ValueError(f"extra tensor {wire!r} is a param: propose it instead")
-            tensors.append(self.lossless.encode(t.float(), wire))
+                raise ValueError(f"extra tensor {name!r} is a param: propose it instead")
+            payload = self.lossless.encode(t.float(), name)
+            payload.role = wire_role(role)
+            tensors.append(payload)
         return Update(node_id=self.node_id, tensors=tensors, **header)
 
     def _state(self) -> tuple:
@@ -141,4 +147,4 @@ def _sq_dist(a: Tensors, b: Tensors | None) -> float:
     return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a))
 
 
-__all__ = ["Proposal", "Sender", "wire_name"]
+__all__ = ["Proposal", "Sender"]

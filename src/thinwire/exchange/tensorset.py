@@ -2,9 +2,8 @@
 
 A node's contribution is more than its gradients: fedavg deltas come with BatchNorm running
 statistics (role `buffer`, always lossless), LoRA runs send `adapter` tensors. The role decides
-the codec and how the receiver applies the tensor; it used to hide in a "buffer:" name prefix
-spread over eleven call sites. The prefix now lives only here, as the wire spelling of a role
-(`wire_name` / `from_wire_name`), so a receiver built from any version still decodes it.
+the codec and how the receiver applies the tensor. It travels in the payload's own `role`
+field (thinwire.proto; empty for a parameter), so names stay the model's names.
 """
 
 from __future__ import annotations
@@ -18,17 +17,13 @@ DEFAULT_ROLE = "param"
 Tensors = dict[str, torch.Tensor]
 
 
-def wire_name(name: str, role: str) -> str:
-    """The payload name on the wire: the plain name for params, `role:name` otherwise."""
-    return name if role == DEFAULT_ROLE else f"{role}:{name}"
+def wire_role(role: str) -> str:
+    """The payload's role field: empty for a parameter (no bytes on the wire)."""
+    return "" if role == DEFAULT_ROLE else role
 
 
-def from_wire_name(wire: str) -> tuple[str, str]:
-    """(name, role) of a payload name; an unknown prefix is part of the name."""
-    head, sep, rest = wire.partition(":")
-    if sep and head in ROLES and head != DEFAULT_ROLE:
-        return rest, head
-    return wire, DEFAULT_ROLE
+def role_of(payload_role: str) -> str:
+    return payload_role or DEFAULT_ROLE
 
 
 class TensorSet(Mapping[str, torch.Tensor]):
@@ -64,21 +59,19 @@ class TensorSet(Mapping[str, torch.Tensor]):
     def buffers(self) -> Tensors:
         return self.of("buffer")
 
-    def wire_items(self) -> Iterator[tuple[str, str, torch.Tensor]]:
-        """(wire name, role, tensor) for each tensor."""
+    def items_with_roles(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """(name, role, tensor) for each tensor."""
         for name, t in self._tensors.items():
-            yield wire_name(name, self._roles[name]), self._roles[name], t
+            yield name, self._roles[name], t
 
-    def to_wire(self) -> Tensors:
-        """wire name -> tensor (the inverse of `from_wire`)."""
-        return {w: t for w, _, t in self.wire_items()}
+    def state_dict(self) -> dict:
+        return {"tensors": dict(self._tensors), "roles": dict(self._roles)}
 
     @classmethod
-    def from_wire(cls, decoded: Mapping[str, torch.Tensor]) -> "TensorSet":
+    def from_state_dict(cls, state: dict) -> "TensorSet":
         out = cls()
-        for wire, t in decoded.items():
-            name, role = from_wire_name(wire)
-            out.add({name: t}, role)
+        for name, t in state["tensors"].items():
+            out.add({name: t}, state["roles"][name])
         return out
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -95,5 +88,5 @@ class TensorSet(Mapping[str, torch.Tensor]):
 
 
 def layout_of(tensors: TensorSet) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The wire layout a receiver checks against: wire name -> (shape, role)."""
-    return {w: (tuple(t.shape), role) for w, role, t in tensors.wire_items()}
+    """The layout a receiver checks against: name -> (shape, role)."""
+    return {n: (tuple(t.shape), role) for n, role, t in tensors.items_with_roles()}

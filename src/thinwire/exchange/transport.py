@@ -1,9 +1,9 @@
 """Transport: moves bytes between named endpoints and records every byte in a link ledger.
 
 The exchange layer above never sees sockets: a runtime picks a transport. Here:
-`MemoryTransport` (the simulator: bytes pass through mailboxes in one process) and, in
-exchange/http.py, `HttpTransport` (the service's workers). ZeroMQ (swarm) and collectives add
-their own implementations of the same two methods.
+`MemoryTransport` (the simulator: bytes pass through mailboxes in one process), in
+exchange/http.py `HttpTransport` (the service's workers) and in exchange/zmq.py `ZmqTransport`
+(swarm peers over ZeroMQ). Collectives add their own implementations of the same method.
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import defaultdict, deque
 
+from ..errors import ThinwireError
 from ..obs.ledger import LinkLedger
+
+
+class TransportError(ThinwireError):
+    """Fatal for the endpoint: bad token, a peer or server gone for good, a send that could
+    not be queued."""
 
 
 class Transport(ABC):

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from ..codecs import make_codec
-from ..exchange import Receiver, Rejected, TensorSet, wire_name
+from ..exchange import Receiver, Rejected, TensorSet
+from ..exchange.tensorset import wire_role
 from ..obs.events import EventLog
 from ..obs.ledger import LinkLedger
 from ..server import Durable, HttpError, StateError, StateStore, admit, check_staleness
-from ..strategy import KeyedStrategy, OuterStep, Strategy
+from ..strategy import KeyedStrategy, OuterOptimizer, Strategy
 from ..tasks.lm.pretrained import Base, unique_state
 from ..wire import Update, WireLimits, parse_update, serialize_update
 from .config import ExpertsConfig
@@ -54,8 +55,7 @@ class ExpertsCoordinator(Serving, Durable):
         self.fingerprint = base.fingerprint
         tuning = cfg.tuning()
         self.role, self.shapes = tuning.role, tuning.layout(base.model)
-        self.layout = {wire_name(n, self.role): (tuple(s), self.role)
-                       for n, s in self.shapes.items()}
+        self.layout = {n: (tuple(s), self.role) for n, s in self.shapes.items()}
         self.hidden = int(base.model.config.hidden_size)
         self.full_bytes = 4 * sum(t.numel() for t in self.base_state.values())
         self.limits = WireLimits(max_message_bytes=cfg.max_request_bytes)
@@ -84,10 +84,12 @@ class ExpertsCoordinator(Serving, Durable):
             if len(self.experts) >= self.cfg.max_specialties:
                 raise HttpError(409, f"already {len(self.experts)} specialties "
                                      f"(max_specialties); reuse one of {sorted(self.experts)}")
+            c = self.cfg
+            nesterov = c.outer == "nesterov"
             self.experts[name] = Expert(
                 name, self.shapes, self.role, self.strategy.of(name),
-                OuterStep(self.cfg.outer, self.cfg.outer_lr, self.cfg.outer_momentum),
-                self.cfg.history)
+                lambda w: OuterOptimizer(w, c.outer_lr, c.outer_momentum if nesterov else 0.0,
+                                         nesterov), c.history)
             self.receivers[name] = Receiver(self.layout, self.cfg.codec, self.limits)
         return self.experts[name]
 
@@ -273,8 +275,9 @@ class ExpertsCoordinator(Serving, Durable):
             cached = self._cache.get(expert.name)
             if cached is None or cached[0] != expert.version:
                 none = make_codec("none")
-                tensors = [none.encode(t, None, wire_name(n, self.role))
-                           for n, t in expert.tensors.items()]
+                tensors = [none.encode(t, None, n) for n, t in expert.tensors.items()]
+                for payload in tensors:
+                    payload.role = wire_role(self.role)
                 cached = (expert.version, serialize_update(Update(
                     node_id="coordinator", tensors=tensors, kind="model",
                     base_version=expert.version)))

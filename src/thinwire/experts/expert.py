@@ -11,13 +11,14 @@ the outer step; with FFA-LoRA the mean of the B's is exactly the mean of the wor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..exchange import TensorSet
-from ..strategy import Contribution, OuterStep, Strategy
+from ..strategy import Contribution, OuterOptimizer, Strategy, change_sq
 
 Tensors = dict[str, torch.Tensor]
 
@@ -49,10 +50,12 @@ class Pending:
 
 class Expert:
     def __init__(self, name: str, layout: dict[str, tuple[int, ...]], role: str,
-                 strategy: Strategy, outer: OuterStep, keep: int = 1000) -> None:
+                 strategy: Strategy, outer: Callable[[Tensors], OuterOptimizer],
+                 keep: int = 1000) -> None:
         self.name, self.layout, self.role = name, layout, role
-        self.strategy, self.outer, self.keep = strategy, outer, keep
+        self.strategy, self.keep = strategy, keep
         self.tensors: Tensors = {n: torch.zeros(s) for n, s in layout.items()}
+        self.outer = outer(self.tensors)  # steps these tensors in place
         self.version = self.samples = self.uploads = self.upload_bytes = 0
         self.history: list[dict[str, Any]] = []
         self.pending: dict[str, Pending] = {}
@@ -86,7 +89,9 @@ class Expert:
             self.strategy.submit(wid, Contribution(TensorSet(p.tensors, self.role),
                                                    max(p.samples, 1)))
         combined = self.strategy.result()
-        change = self.outer.apply(self.tensors, combined.tensors)
+        before = {n: t.clone() for n, t in self.tensors.items()}
+        self.outer.step(combined.tensors)
+        change = change_sq(self.tensors, before)
         losses = [v for p in self.pending.values() for v in p.losses]
         entry = {"version": self.version + 1, "time": round(time.time(), 3), "reason": reason,
                  "contributors": [{"worker": w, "samples": p.samples, "uploads": p.uploads,
@@ -118,7 +123,7 @@ class Expert:
             if n not in self.tensors or tuple(t.shape) != tuple(self.tensors[n].shape):
                 raise ValueError(f"expert {self.name}: stored tensor {n} {list(t.shape)} does "
                                  "not fit this base model")
-            self.tensors[n] = t.clone().float()
+            self.tensors[n].copy_(t)  # in place: the outer optimizer holds these tensors
         self.version, self.samples = state["version"], state["samples"]
         self.uploads, self.upload_bytes = state["uploads"], state["upload_bytes"]
         self.history = list(state["history"])

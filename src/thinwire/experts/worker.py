@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..codecs import Encoder, decode, make_codec
-from ..exchange import Sender, TensorSet
+from ..codecs import Encoder, make_codec
+from ..exchange import Sender, decode_update
 from ..obs.events import EventLog
 from ..policy import make_policy
 from ..tasks.lm.embed import centroid
@@ -54,7 +54,7 @@ class ExpertWorker:
         msg, version = self.link.pull(wait_version, wait_s)
         if wait_version is not None and version < wait_version:
             return False
-        tensors = TensorSet.from_wire({t.name: decode(t) for t in msg.tensors})
+        tensors = decode_update(msg)
         self.trainer.set(tensors)
         self.ref, self.version = self.trainer.get(), version
         return True
@@ -76,8 +76,9 @@ class ExpertWorker:
 
     def upload(self, done: Any) -> bool:
         current = self.trainer.get()
-        delta = TensorSet({n: current[n] - self.ref[n] for n in current}, self.role)
-        proposal = self.sender.propose(delta.to_wire(), self.trainer.steps, 1.0, tentative=True)
+        delta = {n: current[n] - self.ref[n] for n in current}
+        proposal = self.sender.propose(delta, self.trainer.steps, 1.0, tentative=True,
+                                       role=self.role)
         self.seq += 1
         metrics = {"train_loss": done.loss} if done.loss is not None else {}
         body = serialize_update(self.sender.message(

@@ -4,7 +4,9 @@ Every runtime writes the same shape, `{"t": unix time, "run": name, "type": ...,
 - `step`: train loss and the bytes that crossed this step, up and down;
 - `epoch` / `round`: test accuracy and loss, cumulative bytes per direction and per link,
   and a resource sample;
-- `end`: the run record.
+- `end`: the run record;
+- `resources`: a monitor sample (obs/monitor.py), about once a second;
+- any event may carry `node` (which process or peer wrote it) and `peers` ({id: state}).
 Tables and plots (`read_events`), TensorBoard (`to_tensorboard`) and the live dashboard read
 these files, so a run is observed the same way while it runs and after.
 """
@@ -12,39 +14,58 @@ these files, so a run is observed the same way while it runs and after.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 EVENTS_FILE = "events.jsonl"
 
 
-class EventLog:
-    """Appends events to `<dir>/events.jsonl`; `every` thins `step` events on long runs."""
+Listener = Callable[[dict[str, Any]], None]
 
-    def __init__(self, folder: Path | str, run: str, every: int = 1) -> None:
+
+class EventLog:
+    """Appends events to `<dir>/events.jsonl`; `every` thins `step` events on long runs.
+
+    Thread-safe, since a monitor thread writes samples beside the training loop. `fresh`
+    starts the file anew (a new run under an old name); listeners see every event written.
+    `shared`: several processes append to this one file (a swarm's peers), so every line
+    goes out in one write to the append-only file and lines never interleave.
+    """
+
+    def __init__(self, folder: Path | str, run: str, every: int = 1,
+                 fresh: bool = False, shared: bool = False) -> None:
         self.path = Path(folder) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run, self.every = run, max(every, 1)
-        self._file: TextIO | None = open(self.path, "a")
+        self.listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        if fresh:
+            self.path.write_text("")
+        self._file: TextIO | None = open(self.path, "a", buffering=1 if shared else -1)
 
     def emit(self, kind: str, **fields: Any) -> None:
-        if self._file is None:
-            return
         line = {"t": round(time.time(), 3), "run": self.run, "type": kind, **fields}
-        self._file.write(json.dumps(line, default=str) + "\n")
-        if kind != "step":
-            self._file.flush()
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(json.dumps(line, default=str) + "\n")
+            if kind != "step":
+                self._file.flush()
+        for listener in self.listeners:
+            listener(line)
 
     def step(self, step: int, **fields: Any) -> None:
         if step % self.every == 0:
             self.emit("step", step=step, **fields)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def read_events(path: Path | str, kind: str | None = None) -> Iterator[dict[str, Any]]:

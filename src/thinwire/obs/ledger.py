@@ -102,6 +102,23 @@ class LinkLedger:
         t = self.totals()
         return t["up_raw"] + t["down_raw"]
 
+    def absorb(self, other: "LinkLedger") -> None:
+        """Add another ledger's links and skips (a swarm adds up its peers' ledgers)."""
+        for key, b in other.links.items():
+            mine = self.links.setdefault(key, LinkBytes())
+            mine.wire, mine.raw, mine.messages = (mine.wire + b.wire, mine.raw + b.raw,
+                                                  mine.messages + b.messages)
+        for node, c in other.nodes.items():
+            mine_c = self.nodes.setdefault(node, NodeCounts())
+            mine_c.skipped += c.skipped
+            mine_c.skipped_raw += c.skipped_raw
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LinkLedger":
+        ledger = cls()
+        ledger.load_state_dict(state)
+        return ledger
+
     def state_dict(self) -> dict:
         return {"links": [[list(k), asdict(v)] for k, v in self.links.items()],
                 "nodes": {k: asdict(v) for k, v in self.nodes.items()},

@@ -55,3 +55,22 @@ def record(runtime: str, common: dict[str, Any], totals: dict[str, int],
         raise KeyError(f"run record for {runtime} lacks {missing}")
     row.update(extras)
     return row
+
+
+def epoch_record(epoch: int, step: int, accuracy: float, loss: float, train_loss: float,
+                 wire_cum: int, epoch_totals: dict[str, int], comm_time: float,
+                 compute_time: float) -> dict[str, Any]:
+    """One entry of a row's `history` (and an `epoch` event): evaluation, bytes, times.
+    `epoch_totals` is `LinkLedger.close_epoch()` (uploads and skips may be overridden)."""
+    return {"epoch": epoch, "step": step, "test_accuracy": accuracy, "test_loss": loss,
+            "train_loss": train_loss, "bytes_wire_cum": wire_cum,
+            "bytes_wire_epoch": epoch_totals["up_wire"] + epoch_totals["down_wire"],
+            "uploads": epoch_totals["sent"], "skipped": epoch_totals["skipped"],
+            "comm_time_s_sim": comm_time, "compute_time_s": compute_time}
+
+
+def epoch_line(r: dict[str, Any]) -> str:
+    """The train.log line of an epoch record."""
+    return (f"epoch {r['epoch']}: acc={r['test_accuracy']:.4f} loss={r['test_loss']:.4f} "
+            f"train_loss={r['train_loss']:.4f} MB/epoch={r['bytes_wire_epoch'] / 1e6:.3f} "
+            f"sent={r['uploads']} skipped={r['skipped']}")

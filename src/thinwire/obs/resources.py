@@ -1,7 +1,9 @@
 """Resource samples: CPU, memory and (when torch sees one) GPU use of this process.
 
-Runtimes add one sample to their events every epoch or round, so the event stream and the
-live dashboard show what a run cost the machine, not only the wire.
+Runtimes add one sample to their events every epoch or round, and the monitor
+(obs/monitor.py) one every second, so the event stream and the live dashboard show what a run
+cost the machine, not only the wire. GPU figures come from pynvml when a GPU is present and
+are absent otherwise.
 """
 
 from __future__ import annotations
@@ -31,20 +33,39 @@ class ResourceMonitor:
 
 
 def _gpu() -> dict[str, Any]:
+    """GPU use when a GPU is present, else nothing; a sampling problem is never an error."""
+    out = _nvml()
     try:
         import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # never init CUDA here
+            out["gpu_memory_allocated_bytes"] = int(torch.cuda.memory_allocated())
+    except Exception:  # noqa: BLE001  a broken driver must not stop a run
+        pass
+    return out
+
+
+_NVML: list[Any] = []  # [pynvml module] once initialised, [None] when unavailable
+
+
+def _nvml() -> dict[str, Any]:
+    """Device-level utilization and memory of every GPU, summed (pynvml, if installed)."""
+    if not _NVML:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _NVML.append(pynvml if pynvml.nvmlDeviceGetCount() else None)
+        except Exception:  # noqa: BLE001  no pynvml, no driver or no GPU
+            _NVML.append(None)
+    nvml = _NVML[0]
+    if nvml is None:
         return {}
-    if not torch.cuda.is_available():
-        return {}
-    return {"gpu_memory_bytes": int(torch.cuda.memory_allocated()),
-            "gpu_utilization": _gpu_utilization()}
-
-
-def _gpu_utilization() -> float | None:
-    import torch
-
     try:
-        return float(torch.cuda.utilization())
-    except Exception:  # needs pynvml; absent on many machines
-        return None
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        util = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
+        used = [nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles]
+    except Exception:  # noqa: BLE001
+        return {}
+    return {"gpu_count": len(handles), "gpu_utilization": sum(util) / len(util),
+            "gpu_memory_bytes": int(sum(used))}

@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import LAQ, CodecSection, TaskSection, build, redefault
+from ..config import LAQ, CodecSection, TaskSection, build, describe, redefault
 from ..config import validate as validate_model
 from ..errors import ConfigError
 
@@ -60,7 +60,17 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
     commit_every: int = Field(1, ge=1, description="async: rounds between snapshots "
                                                     "(sync snapshots after every round)")
     eval_every: int = Field(1, ge=1, description="rounds between test evaluations")
-    max_request_bytes: int = Field(256 << 20, ge=1024)
+    max_request_bytes: int = Field(256 << 20, ge=1024, description="largest update body")
+    max_json_bytes: int = Field(64 << 10, ge=1024, description="largest body of the JSON "
+                                "endpoints (register, skip, offer, ...)")
+    request_timeout: float = Field(10.0, gt=0, description="seconds for a request's "
+                                   "headers, and the longest silence inside a body")
+    body_min_rate: int = Field(1024, ge=1, description="bytes/s a body must average "
+                               "(after request_timeout) before it is cut off with 408")
+    max_registered: int | None = Field(None, ge=1, description="registry size; default "
+                                       "4*total_workers+16 (left workers are evicted first)")
+    worker_keys: bool = Field(True, description="issue a per-worker key at registration "
+                              "and require it for that worker id")
     codec: str | None = Field(None, description="override the preset's upload codec")
     lazy: bool | None = Field(None, description="override the preset's lazy rule")
     run_name: str | None = None
@@ -102,6 +112,9 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
     def selection(self) -> bool:
         return self.sel_clients > 0 or self.up_budget_bits > 0
 
+    def registry_cap(self) -> int:
+        return self.max_registered or 4 * self.total_workers + 16
+
     def offline_seconds(self) -> float:
         return self.offline_after or 2.0 * self.round_timeout
 
@@ -112,15 +125,56 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
         return self.run_name or f"flq-{self.preset}-{self.schedule}-s{self.seed}"
 
     def worker_view(self) -> dict[str, Any]:
-        """What a worker needs to train and encode like every other worker. `mode` and
-        `clock` repeat `preset` and `t_bar` for workers that read the old names."""
-        keys = ("total_workers", "batch_size", "local_steps", "lr", "momentum", "preset",
-                "error_feedback", "thr_scale", "t_bar", "warmup", "depth", "xi", "schedule",
-                "task", "model", "task_args", "split", "seed", "max_rounds", "mode", "clock")
-        view = {k: getattr(self, k) for k in keys}
-        view.update(codec=self.upload_codec(), lazy=self.is_lazy(), selection=self.selection,
-                    data_dir=str(self.data_dir) if self.data_dir else None)
-        return view
+        """What a worker needs to train and encode like every other worker (a `WorkerConfig`
+        as JSON). `mode` and `clock` repeat `preset` and `t_bar` for workers that read the
+        old names."""
+        fields = {k: getattr(self, k) for k in WorkerConfig.model_fields
+                  if k not in ("codec", "lazy", "selection", "data_dir")}
+        view = WorkerConfig(**fields, codec=self.upload_codec(), lazy=self.is_lazy(),
+                            selection=self.selection,
+                            data_dir=str(self.data_dir) if self.data_dir else None)
+        return {**view.model_dump(), "mode": self.preset, "clock": self.t_bar}
+
+
+class WorkerConfig(BaseModel):
+    """The coordinator's config as a worker sees it (the register answer's `config`), typed
+    so a worker refuses a malformed one with a clear error instead of a KeyError later."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    total_workers: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    local_steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    preset: str
+    error_feedback: bool
+    thr_scale: float = Field(ge=0)
+    t_bar: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    depth: int = Field(ge=1)
+    xi: float | None = None
+    schedule: Literal["sync", "async"]
+    task: str
+    model: str | None = None
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    split: str
+    seed: int
+    max_rounds: int = Field(ge=1)
+    codec: str
+    lazy: bool
+    selection: bool
+    data_dir: str | None = None
+
+    @classmethod
+    def of(cls, data: "WorkerConfig | dict[str, Any]") -> "WorkerConfig":
+        if isinstance(data, cls):
+            return data
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError("the coordinator sent a config this worker cannot use: "
+                              f"{describe(exc)}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None,

@@ -11,7 +11,10 @@ API (JSON errors {"error": message, "status": code}; OpenAPI at /openapi.json, /
     POST /v1/updates                    protobuf Update body (idempotent by worker/round/seq)
     POST /v1/skips                      {worker_id, round, reason}: a lazy skip
     POST /v1/offers                     {worker_id, round, score, bits}: budget selection
-Mutating endpoints (and the model) need `Authorization: Bearer TOKEN` when a token is set.
+Every endpoint but /v1/health (and /v1/status on a loopback bind) needs `Authorization:
+Bearer TOKEN` when a token is set; calls for a worker id also need the key its registration
+returned (`X-Thinwire-Worker-Key`). Bodies are bounded: max_request_bytes for updates,
+max_json_bytes elsewhere, read within request_timeout / body_min_rate (guard.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import os
 import sys
 import threading
@@ -27,94 +29,54 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ThinwireError
-from ..server import add_listen_flags, require_token
+from ..obs.dashboard import add_dashboard_flag, open_dashboard
+from ..server import add_listen_flags, is_loopback, require_token
+from .admission import ServiceError
 from .config import load_config
 from .core import Coordinator
-from .admission import ServiceError
+from .credentials import KEY_HEADER, Caller
+from .guard import GuardRules, RequestGuard
+from .http11 import with_header_timeout
+from .observe import start_events, stop_events
+from .schemas import OfferIn, RegisterIn, SkipIn
 
 LONG_POLL_S = 20.0
+PUBLIC = frozenset({"/v1/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
 
-class RegisterIn(BaseModel):
-    worker_id: str
-    session: str
-    specialty: str = ""
-    capabilities: dict[str, Any] = Field(default_factory=dict)
+def guard_rules(core: Coordinator, token: str | None, admin_token: str | None,
+                status_public: bool) -> GuardRules:
+    cfg = core.cfg
+    public = PUBLIC | ({"/v1/status"} if status_public else set())
+    return GuardRules(token=token, admin_token=admin_token, public=frozenset(public),
+                      json_limit=min(cfg.max_json_bytes, cfg.max_request_bytes),
+                      update_limit=cfg.max_request_bytes, timeout=cfg.request_timeout,
+                      min_rate=cfg.body_min_rate)
 
 
-class SkipIn(BaseModel):
-    worker_id: str
-    round: int = Field(ge=0)
-    reason: str = "lazy"
+def caller(request: Request) -> Caller:
+    """What the guard proved about the bearer token, plus the worker key header."""
+    return Caller(key=request.headers.get(KEY_HEADER),
+                  admin=bool(request.scope.get("state", {}).get("admin")))
 
 
-class OfferIn(BaseModel):
-    worker_id: str
-    round: int = Field(ge=0)
-    score: float
-    bits: int = Field(gt=0)
-
-
-class BodyLimit:
-    """ASGI middleware: request bodies need a Content-Length no larger than the limit."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            problem = None
-            if length is None:
-                problem = (411, "send a Content-Length header (chunked bodies are refused)")
-            elif not length.isdigit() or int(length) > self.limit:
-                problem = (413, f"request body of {length.decode(errors='replace')} bytes "
-                                f"exceeds max_request_bytes={self.limit}")
-            if problem:
-                response = JSONResponse({"error": problem[1], "status": problem[0]},
-                                        status_code=problem[0])
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def create_app(core: Coordinator, token: str | None = None) -> FastAPI:
+def create_app(core: Coordinator, token: str | None = None, admin_token: str | None = None,
+               status_public: bool = True) -> FastAPI:
+    """The API behind one `RequestGuard`: tokens are checked and bodies read (bounded in
+    size and time) before any route runs; per-worker keys are checked by the core."""
     app = FastAPI(title="thinwire FLQ coordinator", version="1",
                   description="Federated training with lazy, quantized, budgeted uploads.")
     app.state.core = core
-
-    def auth(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise ServiceError(401, "missing or wrong bearer token: send 'Authorization: "
-                                    "Bearer TOKEN' (worker --token or THINWIRE_TOKEN)")
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.message, "status": exc.status},
-                            status_code=exc.status, headers=headers)
-
-    @app.exception_handler(ThinwireError)
-    async def _thinwire_error(request: Request, exc: ThinwireError) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "status": 400}, status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
-        return JSONResponse({"error": f"bad request: {problems}", "status": 400},
-                            status_code=400)
+    app.add_middleware(RequestGuard, rules=guard_rules(core, token, admin_token,
+                                                       status_public))
+    add_error_handlers(app)
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
@@ -124,52 +86,78 @@ def create_app(core: Coordinator, token: str | None = None) -> FastAPI:
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(core.status)
 
-    @app.post("/v1/workers", dependencies=[Depends(auth)])
-    async def register(body: RegisterIn) -> dict[str, Any]:
+    @app.post("/v1/workers")
+    async def register(body: RegisterIn, request: Request) -> dict[str, Any]:
         return await run_in_threadpool(core.register, body.worker_id, body.session,
-                                       body.specialty, body.capabilities)
+                                       body.specialty, body.capabilities, caller(request))
 
-    @app.post("/v1/workers/{worker_id}/leave", dependencies=[Depends(auth)])
-    async def leave(worker_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(core.leave, worker_id)
+    @app.post("/v1/workers/{worker_id}/leave")
+    async def leave(worker_id: str, request: Request) -> dict[str, Any]:
+        return await run_in_threadpool(core.leave, worker_id, caller(request))
 
-    @app.get("/v1/model", dependencies=[Depends(auth)])
-    async def model(worker_id: str, have: int | None = None,
+    @app.get("/v1/model")
+    async def model(worker_id: str, request: Request, have: int | None = None,
                     wait_round: int | None = None) -> Response:
+        who = caller(request)
+        await run_in_threadpool(core.authorize, worker_id, who)  # 404/403 before any wait
         deadline = time.monotonic() + LONG_POLL_S
         while (wait_round is not None and core.round < wait_round and not core.done
                and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
-        body, headers = await run_in_threadpool(core.pull, worker_id, have)
+        body, headers = await run_in_threadpool(core.pull, worker_id, have, who)
         return Response(body, media_type="application/x-protobuf", headers=headers)
 
-    @app.post("/v1/updates", dependencies=[Depends(auth)])
+    @app.post("/v1/updates")
     async def push(request: Request) -> dict[str, Any]:
-        body = await request.body()
-        if len(body) > core.cfg.max_request_bytes:
-            raise ServiceError(413, f"update of {len(body)} bytes exceeds max_request_bytes")
-        return await run_in_threadpool(core.push, body)
+        body = await request.body()  # read and bounded by the guard already
+        return await run_in_threadpool(core.push, body, caller(request))
 
-    def control(request: Request, wid: str | None = None) -> None:
-        core.count_control(int(request.headers.get("content-length", 0)), wid)
+    async def control(request: Request, wid: str) -> None:
+        core.count_control(len(await request.body()), wid)
 
-    @app.post("/v1/skips", dependencies=[Depends(auth)])
+    @app.post("/v1/skips")
     async def skip(body: SkipIn, request: Request) -> dict[str, Any]:
-        control(request, body.worker_id)
-        return await run_in_threadpool(core.skip, body.worker_id, body.round, body.reason)
+        await control(request, body.worker_id)
+        return await run_in_threadpool(core.skip, body.worker_id, body.round, body.reason,
+                                       caller(request))
 
-    @app.post("/v1/offers", dependencies=[Depends(auth)])
+    @app.post("/v1/offers")
     async def offer(body: OfferIn, request: Request) -> dict[str, Any]:
-        control(request, body.worker_id)
+        await control(request, body.worker_id)
         deadline = time.monotonic() + LONG_POLL_S
         while True:
             answer = await run_in_threadpool(core.offer, body.worker_id, body.round,
-                                             body.score, body.bits)
+                                             body.score, body.bits, caller(request))
             if answer["selected"] is not None or time.monotonic() > deadline:
                 return answer
             await asyncio.sleep(0.05)
 
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON {"error": message, "status": code}."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "status": exc.status},
+                            status_code=exc.status)
+
+    @app.exception_handler(ThinwireError)
+    async def _thinwire_error(request: Request, exc: ThinwireError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "status": 400}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        return JSONResponse({"error": f"bad request: {problems}"[:2000], "status": 400},
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail), "status": exc.status_code},
+                            status_code=exc.status_code, headers=exc.headers)
 
 
 def background(core: Coordinator, server: Any, exit_when_done: bool,
@@ -194,14 +182,32 @@ def background(core: Coordinator, server: Any, exit_when_done: bool,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinwire coordinator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_listen_flags(p, Path("runs/flq"), "bearer token for mutating endpoints")
+    add_listen_flags(p, Path("runs/flq"), "bearer token for every endpoint but /v1/health "
+                     "(and /v1/status on loopback)")
     p.add_argument("--config", type=Path, help="flq_config JSON/YAML (examples/flq/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. max_rounds=50")
+    p.add_argument("--admin-token", default=os.environ.get("THINWIRE_ADMIN_TOKEN"),
+                   help="bearer token that may also act for any worker id, e.g. take over "
+                        "an id whose key is lost (default $THINWIRE_ADMIN_TOKEN)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit after the last round is evaluated")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--monitor-every", type=float, default=1.0,
+                   help="seconds between resource samples in events.jsonl; 0 disables")
+    add_dashboard_flag(p)
     return p
+
+
+def server_config(app: Any, host: str, port: int, cfg: Any) -> Any:
+    """uvicorn settings that bound what one client can hold: header deadline, header size,
+    keep-alive, and a connection cap above what the registry's workers need."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=with_header_timeout(cfg.request_timeout),
+                          h11_max_incomplete_event_size=16 << 10, timeout_keep_alive=5,
+                          limit_concurrency=max(128, 2 * cfg.registry_cap() + 64))
 
 
 def coordinator_main(argv: list[str] | None = None) -> int:
@@ -220,22 +226,24 @@ def coordinator_main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1) // 2))
     core = Coordinator(cfg, args.state_dir, log=log)
-    app = create_app(core, args.token)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level="warning", access_log=False))
+    app = create_app(core, args.token, args.admin_token, status_public=is_loopback(args.host))
+    server = uvicorn.Server(server_config(app, args.host, args.port, cfg))
     stop = threading.Event()
     thread = threading.Thread(target=background, args=(core, server, args.exit_when_done,
                                                        stop), daemon=True)
     log(f"listening on http://{args.host}:{args.port} ({cfg.schedule}, mode {cfg.mode}, "
         f"codec {cfg.upload_codec()}, {cfg.total_workers} workers, state {args.state_dir})")
     thread.start()
+    monitor = start_events(core, args.monitor_every)
     try:
-        server.run()
+        with open_dashboard(args.dashboard, [args.state_dir]):
+            server.run()
     finally:
         stop.set()
         thread.join(timeout=5)
         with contextlib.suppress(ThinwireError):
             core.run_evaluations()
+        stop_events(core, monitor)
         core.close()
     return 0
 

@@ -9,7 +9,6 @@ applied round (see state.py). Round mechanics live in rounds.py (`RoundLogic`).
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,14 +19,21 @@ import torch
 
 from ..codecs import Encoder, make_codec
 from ..exchange import Receiver, TensorSet, layout_of
+from ..exchange.tensorset import wire_role
+from ..obs.events import EventLog
 from ..obs.ledger import LinkLedger
 from ..policy import ModelDiffHistory
 from ..strategy import Strategy
 from ..tasks import Task, build_model, load_task
 from ..wire import Update, WireLimits, serialize_update
+from ..wire.control import ModelAnnounce
+from ..wire.model import model_message
 from .config import FLQConfig
-from .admission import ServiceError, check_worker_id
 from ..tasks.evaluate import evaluate
+from .admission import ServiceError
+from .credentials import Caller
+from .observe import round_event
+from .registry import Registry
 from .results import counters, plot_rounds, progress_line, round_row, write_row
 from .rounds import RoundLogic
 from ..server import Durable, StateStore
@@ -36,7 +42,9 @@ Log = Callable[[str], None]
 Tensors = dict[str, torch.Tensor]
 
 
-class Coordinator(RoundLogic, Durable):
+class Coordinator(Registry, RoundLogic, Durable):
+    events: EventLog | None = None  # set by observe.start_events
+
     def __init__(self, cfg: FLQConfig, state_dir: Path | str, log: Log | None = None,
                  task: Task | None = None) -> None:
         self.cfg, self.log = cfg, log or (lambda s: None)
@@ -84,90 +92,13 @@ class Coordinator(RoundLogic, Durable):
         self._cache: dict[str, bytes] = {}
         self._reset_round()
 
-    # ---- registry ---------------------------------------------------------------------
-    def register(self, wid: str, session: str, specialty: str = "",
-                 capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
-        check_worker_id(wid)
-        if not session or len(session) > 128:
-            raise ServiceError(400, "register needs a session string (1-128 characters)")
-        with self.lock:
-            info = self.workers.get(wid)
-            if info is None or info["session"] != session or info["state"] == "left":
-                rec = {"type": "register", "worker": wid, "session": session,
-                       "specialty": specialty[:200], "capabilities": capabilities or {}}
-                self.store.append(rec)
-                self._do_register(rec)
-            info = self.workers[wid]
-            self._touch(wid)
-            if info["state"] != "active":
-                info["state"] = "active"
-            return {"worker_id": wid, "index": info["index"], "round": self.round,
-                    "version": self.version, "done": self.done,
-                    "config": self.cfg.worker_view()}
-
-    def _do_register(self, rec: dict[str, Any]) -> None:
-        """A new worker, or a restarted one (new session): its codec state starts fresh."""
-        wid = rec["worker"]
-        old = self.workers.get(wid)
-        if old is not None and old["session"] == rec["session"]:
-            old["state"] = "active"  # came back after leaving, codec state intact
-            return
-        self.receiver.forget(wid)
-        self.strategy.forget(wid)
-        self.applied_keys.pop(wid, None)
-        index = old["index"] if old else self._index_for(wid)
-        self.workers[wid] = {"id": wid, "session": rec["session"], "state": "active",
-                             "last_seen": time.time(), "joined_round": self.round,
-                             "index": index, "specialty": rec.get("specialty", ""),
-                             "capabilities": rec.get("capabilities", {}), "sent": 0,
-                             "skipped": 0}
-        if not self._replaying:
-            self.log(f"worker {wid} joined (shard {index}) at round {self.round}")
-
-    def _index_for(self, wid: str) -> int:
-        """The trailing number of the id (worker-3 -> 3), else the lowest free index."""
-        taken = {w["index"] for w in self.workers.values()}
-        match = re.search(r"(\d+)$", wid)
-        if match:
-            return int(match.group(1)) % self.cfg.total_workers
-        return next(i for i in range(len(taken) + 1) if i not in taken)
-
-    def leave(self, wid: str) -> dict[str, Any]:
-        with self.lock:
-            self._known(wid)
-            self.store.append({"type": "leave", "worker": wid})
-            self._do_leave(wid)
-            return {"worker_id": wid, "state": "left"}
-
-    def _do_leave(self, wid: str) -> None:
-        self.workers[wid]["state"] = "left"
-        self.strategy.forget(wid)
-
-    def _known(self, wid: str) -> dict[str, Any]:
-        info = self.workers.get(wid)
-        if info is None:
-            raise ServiceError(404, f"worker {wid!r} is not registered: POST /v1/workers first "
-                                    "(workers re-register by themselves after a restart)")
-        return info
-
-    def _touch(self, wid: str) -> None:
-        info = self.workers.get(wid)
-        if info is not None:
-            info["last_seen"] = time.time()
-            if info["state"] == "offline":
-                info["state"] = "active"
-
-    def count_control(self, nbytes: int, wid: str | None = None) -> None:
-        """Bytes of a control request (register, skip, offer, leave) on the worker's link."""
-        with self.lock:
-            src = wid if wid in self.workers else "client"  # no ledger entry per unknown id
-            self.ledger.control(src, self.ledger.hub, nbytes)
-
     # ---- downlink ---------------------------------------------------------------------
-    def pull(self, wid: str, have: int | None = None) -> tuple[bytes, dict[str, str]]:
-        """The model for worker `wid`: a delta against `have` when possible, else in full."""
+    def pull(self, wid: str, have: int | None = None,
+             caller: Caller | None = None) -> tuple[bytes, dict[str, str]]:
+        """The model message for worker `wid` (wire/model.py: announce + Update): a delta
+        against `have` when possible, else in full. Headers repeat the announce for humans."""
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             self._round_seen()
             key = "delta" if (not self.down_none and have == self.version - 1
@@ -175,18 +106,24 @@ class Coordinator(RoundLogic, Durable):
             if key not in self._cache:
                 self._cache["full"] = self._full_message()
             body = self._cache[key]
+            announce = ModelAnnounce(version=self.version, round=self.round, done=self.done,
+                                     diffs=list(self.history.diffs),
+                                     model_codec=self.cfg.down_codec if key == "delta" else "")
+            body = model_message(announce, body)
             self.ledger.download(wid, 4 * self.numel, len(body))
             headers = {"X-Thinwire-Round": str(self.round),
                        "X-Thinwire-Version": str(self.version),
                        "X-Thinwire-Done": "1" if self.done else "0",
-                       "X-Thinwire-Kind": key,
-                       "X-Thinwire-Diffs": ",".join(f"{d:.9g}" for d in self.history.diffs)}
+                       "X-Thinwire-Kind": key}
             return body, headers
 
     def _full_message(self) -> bytes:
         none = make_codec("none")
         model = TensorSet(self.view).add(self.buffers, "buffer")
-        tensors = [none.encode(t.float(), None, w) for w, _, t in model.wire_items()]
+        tensors = []
+        for name, role, t in model.items_with_roles():
+            tensors.append(none.encode(t.float(), None, name))
+            tensors[-1].role = wire_role(role)
         return serialize_update(Update(node_id="coordinator", tensors=tensors, kind="model",
                                        round=self.round, base_version=self.version))
 
@@ -237,6 +174,7 @@ class Coordinator(RoundLogic, Durable):
                     "test_loss": loss, "bits_up": row["bits_up"],
                     "bits_down": row["bits_down"], "time_s": round(c["elapsed"], 3)})
             write_row(self.results_path, row)
+            round_event(self, row, c)
             self.log(f"  eval after round {row['round']}: test accuracy {100 * acc:.2f}% "
                      f"(loss {loss:.4f}), uploaded {row['bits_up'] / 1e6:.2f} Mbit")
             done += 1

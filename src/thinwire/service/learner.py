@@ -22,6 +22,7 @@ from ..policy import Always, LAQRule, ModelDiffHistory
 from ..tasks import Task, build_model
 from ..tasks.stream import ShardStream
 from ..wire import Update, serialize_update
+from .config import WorkerConfig
 
 Tensors = dict[str, torch.Tensor]
 
@@ -38,33 +39,34 @@ class Proposal:
     body: bytes = b""
 
 
-def make_policy(conf: dict[str, Any], history: ModelDiffHistory):
+def make_policy(conf: WorkerConfig, history: ModelDiffHistory):
     """The LAQ rule on model deltas, or always.
 
     LAQ steps theta -= alpha * sum_m Q_m, so its threshold divides the model changes by
     alpha^2 M^2 to compare them with one worker's innovation. Here the step is the *mean* of
     already lr-scaled deltas (theta += mean_m q_m), so the same comparison needs alpha = 1 and
     M = 1; thr_scale stays the design's knob."""
-    if not conf["lazy"]:
+    if not conf.lazy:
         return Always()
-    return LAQRule(history, alpha=1.0, workers=1, depth=conf["depth"],
-                   xi=conf.get("xi"), t_bar=conf["t_bar"], thr_scale=conf["thr_scale"],
-                   warmup=conf["warmup"])
+    return LAQRule(history, alpha=1.0, workers=1, depth=conf.depth, xi=conf.xi,
+                   t_bar=conf.t_bar, thr_scale=conf.thr_scale, warmup=conf.warmup)
 
 
 class Learner:
-    def __init__(self, task: Task, shard: torch.Tensor, index: int, conf: dict[str, Any],
+    def __init__(self, task: Task, shard: torch.Tensor, index: int,
+                 conf: WorkerConfig | dict[str, Any],
                  worker_id: str, speed_factor: float = 1.0) -> None:
+        conf = WorkerConfig.of(conf)
         self.task, self.conf, self.worker_id = task, conf, worker_id
         self.speed_factor = max(speed_factor, 1.0)
-        torch.manual_seed(conf["seed"])
-        self.model = build_model(conf.get("model") or task.model, task.num_classes,
+        torch.manual_seed(conf.seed)
+        self.model = build_model(conf.model or task.model, task.num_classes,
                                  task.in_shape)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.buffers = {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
-        self.history = ModelDiffHistory(conf["depth"])
-        encoder = Encoder(make_codec(conf["codec"], conf["error_feedback"]))
-        self.stream = ShardStream(index, shard, conf["seed"])
+        self.history = ModelDiffHistory(conf.depth)
+        encoder = Encoder(make_codec(conf.codec, conf.error_feedback))
+        self.stream = ShardStream(index, shard, conf.seed)
         self.sender = Sender(worker_id, encoder, make_policy(conf, self.history))
         self.losses: list[float] = []
 
@@ -83,7 +85,7 @@ class Learner:
                 target.add_(t.to(target.dtype)) if add else target.copy_(t.to(target.dtype))
 
     def set_history(self, diffs: list[float]) -> None:
-        self.history.load_state_dict({"depth": self.conf["depth"], "diffs": diffs})
+        self.history.load_state_dict({"depth": self.conf.depth, "diffs": diffs})
 
     # ---- local training ---------------------------------------------------------------
     def train(self, steps: int | None = None,
@@ -91,13 +93,13 @@ class Learner:
         """Local SGD from the current model: `steps` steps, or as many as fit in `seconds`
         (at least one). Returns (delta, samples, mean confidence); the model is reset."""
         start = {n: p.detach().clone() for n, p in self.params.items()}
-        opt = torch.optim.SGD(self.model.parameters(), lr=self.conf["lr"],
-                              momentum=self.conf.get("momentum", 0.0))
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.conf.lr,
+                              momentum=self.conf.momentum)
         begin, done, samples, confs = time.monotonic(), 0, 0, []
         self.model.train()
         while True:
             t0 = time.monotonic()
-            idx = self.stream.next_batch(min(self.conf["batch_size"], len(self.stream.shard)))
+            idx = self.stream.next_batch(min(self.conf.batch_size, len(self.stream.shard)))
             x, y = self.task.train_x[idx], self.task.train_y[idx]
             opt.zero_grad(set_to_none=True)
             out = self.model(x)

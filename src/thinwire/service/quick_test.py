@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from ..errors import ThinwireError
-from ..obs.results import read_rows
+from ..obs.results import format_table, read_rows
 
 
 def free_port() -> int:
@@ -52,14 +52,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
 
 
 def summary(rows: list[dict[str, Any]], status: dict[str, Any]) -> str:
-    lines = [["round", "acc %", "loss", "sent", "skipped", "Mbit up (cum)", "Mbit down (cum)"]]
+    lines = [["round", "acc %", "loss", "sent", "skipped", "Mbit up (cum)", "Mbit down (cum)",
+              "ratio total"]]
     for r in rows:
         lines.append([str(r["round"]), f"{100 * r['test_accuracy']:.2f}", f"{r['test_loss']:.4f}",
                       str(len(r["selected"])), str(len(r["skipped"])),
-                      f"{r['bits_up'] / 1e6:.2f}", f"{r['bits_down'] / 1e6:.2f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
+                      f"{r['bits_up'] / 1e6:.2f}", f"{r['bits_down'] / 1e6:.2f}",
+                      f"{r['compression_ratio_total']:.1f}"
+                      if r.get("compression_ratio_total") else "-"])
+    out = [format_table(lines)]
     workers = ", ".join(f"{w['id']}:{w['state']}(sent {w['sent']}, skipped {w['skipped']})"
                         for w in status["workers"])
     out.append(f"workers: {workers}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..codecs import decode
 from ..errors import CodecError
-from ..exchange import TensorSet
+from ..exchange import decode_update
 from ..wire import Update
+from ..wire.model import parse_model_message
 from .learner import Learner, Proposal
 
 
@@ -34,6 +34,13 @@ class Link(Protocol):
     def push(self, body: bytes) -> tuple[bool, str]: ...
 
 
+def read_model(body: bytes) -> tuple[Update, ModelInfo]:
+    """A pulled model message (wire/model.py) as the Update and its info."""
+    announce, update = parse_model_message(body)
+    return update, ModelInfo(announce.round, announce.version, announce.done,
+                             list(announce.diffs))
+
+
 @dataclass
 class RoundResult:
     info: ModelInfo
@@ -48,10 +55,10 @@ def load_model(learner: Learner, link: Link, have: int | None,
     Returns the info and the version now held."""
     msg, info = link.pull(have, wait_round)
     try:
-        tensors = TensorSet.from_wire({t.name: decode(t) for t in msg.tensors})
+        tensors = decode_update(msg)
     except CodecError:  # a delta this worker cannot decode alone: ask for the full model
         msg, info = link.pull(None, wait_round)
-        tensors = TensorSet.from_wire({t.name: decode(t) for t in msg.tensors})
+        tensors = decode_update(msg)
     learner.load(tensors, add=msg.kind == "delta")
     learner.set_history(info.diffs)
     return info, info.version
@@ -88,13 +95,8 @@ class LocalLink:
         self.co, self.wid = coordinator, wid
 
     def pull(self, have: int | None, wait_round: int | None) -> tuple[Update, ModelInfo]:
-        from ..wire import parse_update
-
-        body, headers = self.co.pull(self.wid, have)
-        info = ModelInfo(int(headers["X-Thinwire-Round"]), int(headers["X-Thinwire-Version"]),
-                         headers["X-Thinwire-Done"] == "1",
-                         [float(v) for v in headers["X-Thinwire-Diffs"].split(",") if v])
-        return parse_update(body), info
+        body, _ = self.co.pull(self.wid, have)
+        return read_model(body)
 
     def skip(self, round_: int, reason: str) -> None:
         self.co.skip(self.wid, round_, reason)

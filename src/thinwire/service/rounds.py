@@ -1,4 +1,4 @@
-"""Round mechanics of the coordinator (mixed into `Coordinator`, which owns the state).
+"""Round mechanics of the coordinator (a base of `Coordinator`, which owns the state).
 
 sync: a round collects one answer per active worker (an update, a lazy skip, or "not
 selected"), closes when every active worker answered (and at least min_workers did), or at
@@ -14,18 +14,52 @@ sel_clients by score/bits, or a greedy knapsack under up_budget_bits, may upload
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import torch
 
-from ..exchange import Rejected, TensorSet
+from ..exchange import Receiver, Rejected, TensorSet
+from ..obs.ledger import LinkLedger
+from ..policy import ModelDiffHistory
 from ..server import admit, check_staleness
-from ..strategy import Contribution, apply_delta
+from ..strategy import Contribution, Strategy, apply_delta
 from ..wire import Update
 from .admission import ServiceError, check_header
+from .credentials import Caller
+from .schemas import check_record
+
+if TYPE_CHECKING:
+    from .config import FLQConfig
+    from ..server import StateStore
 
 
 class RoundLogic:
+    """Round mechanics over the coordinator's state. What it reads and writes is declared
+    here (the Coordinator sets it up), so the dependency is explicit and type-checked."""
+
+    cfg: FLQConfig
+    lock: threading.RLock
+    receiver: Receiver
+    strategy: Strategy
+    ledger: LinkLedger
+    store: StateStore
+    history: ModelDiffHistory
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    workers: dict[str, dict[str, Any]]
+    applied_keys: dict[str, list[list[int]]]
+    selection_history: list[dict[str, Any]]
+    train_losses: list[float]
+    round: int
+    version: int
+    applied: int
+    samples: int
+    numel: int
+    log: Callable[[str], None]
+
     # ---- round bookkeeping ------------------------------------------------------------
     def _reset_round(self) -> None:
         self.pending: dict[str, Contribution] = {}
@@ -54,7 +88,7 @@ class RoundLogic:
                 self.log(f"worker {info['id']} offline (silent {now - info['last_seen']:.0f}s)")
 
     # ---- uploads ----------------------------------------------------------------------
-    def push(self, body: bytes) -> dict[str, Any]:
+    def push(self, body: bytes, caller: Caller | None = None) -> dict[str, Any]:
         """Validate, decode, journal, then count an update; idempotent by (worker, round, seq)."""
         try:
             update = self.receiver.parse(body)
@@ -63,7 +97,7 @@ class RoundLogic:
         check_header(update)
         wid = update.node_id
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if [update.round, update.seq] in self.applied_keys.get(wid, []):
                 return self._answer("duplicate", applied=False)
@@ -112,9 +146,10 @@ class RoundLogic:
             self._apply_async(decoded, self.version - update.base_version)
 
     # ---- skips and offers -------------------------------------------------------------
-    def skip(self, wid: str, round_: int, reason: str = "lazy") -> dict[str, Any]:
+    def skip(self, wid: str, round_: int, reason: str = "lazy",
+             caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if self.cfg.schedule == "sync":
                 if wid in self._responded() and round_ == self.round:
@@ -135,13 +170,14 @@ class RoundLogic:
         if self.cfg.schedule == "sync":
             self.skips[rec["worker"]] = rec["reason"]
 
-    def offer(self, wid: str, round_: int, score: float, bits: int) -> dict[str, Any]:
+    def offer(self, wid: str, round_: int, score: float, bits: int,
+              caller: Caller | None = None) -> dict[str, Any]:
         """Budget selection, phase one: returns selected true/false, or null (undecided)."""
         if not (math.isfinite(score) and score >= 0 and 0 < bits < 1 << 50):
             raise ServiceError(400, f"offer needs a finite score >= 0 and bits > 0, got "
                                     f"{score}, {bits}")
         with self.lock:
-            self._known(wid)
+            self.authorize(wid, caller)
             self._touch(wid)
             if not self.cfg.selection:
                 raise ServiceError(409, "budget selection is off (sel_clients = 0 and "
@@ -244,31 +280,44 @@ class RoundLogic:
 
     # ---- restart ----------------------------------------------------------------------
     def _replay(self) -> int:
-        """Re-apply journaled messages the snapshot does not cover, in their original order."""
+        """Re-apply journaled messages the snapshot does not cover, in their original order.
+        A record that does not fit its schema or no longer applies is logged and skipped:
+        one bad record must not keep the coordinator from starting."""
         self._replaying, count, start_round = True, 0, self.round
         sync = self.cfg.schedule == "sync"
         try:
             for rec, body in self.store.records():
-                kind = rec["type"]
-                if kind == "register":
-                    self._do_register(rec)
-                elif kind == "leave" and rec["worker"] in self.workers:
-                    self._do_leave(rec["worker"])
-                elif kind == "skip" and (not sync or rec["round"] == self.round):
-                    self._do_skip(rec)
-                    self._maybe_close()
-                elif kind == "select" and rec["round"] == self.round:
-                    self._do_select(rec)
-                elif kind == "update" and self._replay_update(body, sync):
-                    self._maybe_close()
-                else:
-                    continue
-                count += 1
+                problem = check_record(rec)
+                if problem is None:
+                    try:
+                        count += 1 if self._replay_one(rec, body, sync) else 0
+                    except (KeyError, TypeError, ValueError, ServiceError) as exc:
+                        problem = f"{rec['type']} record failed: {type(exc).__name__}: {exc}"
+                if problem is not None:
+                    self.log(f"journal: skipped a record that cannot be replayed ({problem})")
         finally:
             self._replaying = False
         if count and (not sync or self.round != start_round):
             self.commit()
         return count
+
+    def _replay_one(self, rec: dict[str, Any], body: bytes, sync: bool) -> bool:
+        kind, wid = rec["type"], rec.get("worker")
+        if kind == "register":
+            self._do_register(rec)
+        elif kind == "leave" and wid in self.workers:
+            self._do_leave(wid)
+        elif kind == "skip" and wid in self.workers and (not sync or rec["round"] == self.round):
+            self._do_skip(rec)
+            self._maybe_close()
+        elif kind == "select" and rec["round"] == self.round and \
+                set(rec["offers"]) <= set(self.workers):
+            self._do_select(rec)
+        elif kind == "update" and self._replay_update(body, sync):
+            self._maybe_close()
+        else:
+            return False
+        return True
 
     def _replay_update(self, body: bytes, sync: bool) -> bool:
         """Re-apply one journaled update; a record that no longer parses or decodes is

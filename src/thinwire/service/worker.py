@@ -6,8 +6,10 @@ Requests go through `HttpTransport` (exchange/http.py), which retries with expon
 backoff while the coordinator is unreachable (up to --retry-for seconds) and counts every
 byte in a link ledger; after an outage the worker registers again (same session, so the
 coordinator keeps its codec state) and re-sends what was not acknowledged, with the same
-(worker, round, seq), so nothing is applied twice. An update the coordinator refuses (stale
-round, not selected) rolls the encoder back, keeping both sides' codec state in step.
+(worker, round, seq), so nothing is applied twice. The key the coordinator issues at
+registration goes with every later request (X-Thinwire-Worker-Key; --key-file keeps it
+across restarts). An update the coordinator refuses (stale round, not selected) rolls the
+encoder back, keeping both sides' codec state in step.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 from ..errors import ThinwireError
 from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
-from ..wire import Update, parse_update
+from ..wire import Update
+from .config import WorkerConfig
+from .credentials import KEY_HEADER
 from .learner import Learner
-from .round_trip import ModelInfo, load_model, worker_round
+from .round_trip import ModelInfo, load_model, read_model, worker_round
 
 
 class WorkerError(ThinwireError):
@@ -48,11 +52,7 @@ class HttpLink:
         r = self.transport.request("GET", "/v1/model", params=params)
         if r.status_code != 200:
             raise WorkerError(f"cannot fetch the model: {error_of(r)}")
-        h = r.headers
-        info = ModelInfo(int(h["x-thinwire-round"]), int(h["x-thinwire-version"]),
-                         h["x-thinwire-done"] == "1",
-                         [float(v) for v in h["x-thinwire-diffs"].split(",") if v])
-        return parse_update(r.content), info
+        return read_model(r.content)
 
     def skip(self, round_: int, reason: str) -> None:
         self.transport.request("POST", "/v1/skips", json={
@@ -83,10 +83,23 @@ class Worker:
                                        args.retry_for, self.log)
         self.transport.lost = lambda r: r.status_code == 404 and "not registered" in r.text
         self.link = HttpLink(self.transport, self.wid, self.log)
+        if args.key_file is not None and args.key_file.exists():
+            self.use_key(args.key_file.read_text().strip())
         self.learner: Learner | None = None
         self.have: int | None = None
         self.seq = 0
         self.sent = self.skipped = 0
+
+    def use_key(self, key: str, save: bool = False) -> None:
+        """Send `key` from now on; with --key-file keep it there (0600), so a restarted
+        worker (a new session) may take its id back."""
+        self.transport.http.headers[KEY_HEADER] = key
+        path = self.args.key_file
+        if save and path is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.touch(mode=0o600)
+            tmp.write_text(key)
+            tmp.replace(path)
 
     def log(self, line: str) -> None:
         if not self.args.quiet:
@@ -105,23 +118,25 @@ class Worker:
         if r.status_code != 200:
             raise WorkerError(f"registration refused: {error_of(r)}")
         info = r.json()
+        if info.get("worker_key"):  # issued once: every later request for this id sends it
+            self.use_key(info["worker_key"], save=True)
         self.have = None  # the coordinator may have restarted: take the full model next
         if self.learner is None:
             self.learner = self._learner(info)
         return info
 
     def _learner(self, info: dict[str, Any]) -> Learner:
-        conf, a = info["config"], self.args
-        task_name = a.task or conf["task"]
-        data_dir = a.data_dir or (Path(conf["data_dir"]) if conf.get("data_dir") else None)
-        task = load_task(task_name, data_dir, **(conf["task_args"] if not a.task else {}))
-        index, count = info["index"], conf["total_workers"]
+        conf, a = WorkerConfig.of(info["config"]), self.args
+        task_name = a.task or conf.task
+        data_dir = a.data_dir or (Path(conf.data_dir) if conf.data_dir else None)
+        task = load_task(task_name, data_dir, **(conf.task_args if not a.task else {}))
+        index, count = info["index"], conf.total_workers
         if a.shard:
             index, count = (int(v) for v in a.shard.split("/"))
-        split = a.split or conf["split"]
-        shard = split_indices(task.train_y, count, split, conf["seed"])[index % count]
+        split = a.split or conf.split
+        shard = split_indices(task.train_y, count, split, conf.seed)[index % count]
         self.log(f"registered: shard {index}/{count} ({len(shard)} samples, {split}), "
-                 f"codec {conf['codec']}, lazy {conf['lazy']}, {conf['schedule']}")
+                 f"codec {conf.codec}, lazy {conf.lazy}, {conf.schedule}")
         self.conf = conf
         return Learner(task, shard, index, conf, self.wid, a.speed_factor)
 
@@ -137,7 +152,7 @@ class Worker:
         end = time.monotonic() + self.args.duration if self.args.duration else None
         next_round = info["round"]
         while end is None or time.monotonic() < end:
-            sync = self.conf["schedule"] == "sync"
+            sync = self.conf.schedule == "sync"
             meta, self.have = load_model(self.learner, self.link, self.have,
                                          next_round if sync else None)
             if meta.done:
@@ -148,7 +163,7 @@ class Worker:
                 continue  # long poll timed out; ask again
             self.seq += 1
             result = worker_round(self.learner, self.link, meta, self.seq, sync,
-                                  self.conf["selection"], self.conf["local_steps"],
+                                  self.conf.selection, self.conf.local_steps,
                                   self.args.sync_seconds)
             self._report(result)
             next_round = meta.round + 1
@@ -178,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="I/N: take part I of N (default: from the worker id)")
     p.add_argument("--split", help="iid | dirichlet:ALPHA | shards:K (default: coordinator's)")
     p.add_argument("--token", default=os.environ.get("THINWIRE_TOKEN"))
+    p.add_argument("--key-file", type=Path, help="keep this worker's key here, so a restart "
+                                                 "under the same --worker-id is let back in")
     p.add_argument("--duration", type=float, default=0.0, help="stop after SEC seconds")
     p.add_argument("--speed-factor", type=float, default=1.0,
                    help="emulate a device F times slower (sleeps after each step)")

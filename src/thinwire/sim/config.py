@@ -1,5 +1,5 @@
 """The simulator's `RunConfig`: the shared sections (task, codec, policy, strategy, link,
-output) plus the simulator's own training keys. Flags, a YAML/JSON file (`-c`) and
+output, train) plus the simulator's own keys. Flags, a YAML/JSON file (`-c`) and
 `--set key=value` overrides build it; every mistake becomes one ConfigError line.
 """
 
@@ -8,72 +8,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from ..config import (LAQ, CodecSection, Communication, LinkSection, OutputSection,
-                      PolicySection, StrategySection, TaskSection)
+from ..config import LAQ, Communication
 from ..config import build as build_model_config
 from ..config import validate as validate_model
 from ..config.base import apply_set, describe, load_file
+from ..config.training import TrainingConfig
 
 __all__ = ["LAQ", "Communication", "RunConfig", "apply_set", "build_config", "describe",
            "load_file", "validate"]
 
 
-class RunConfig(TaskSection, CodecSection, PolicySection, StrategySection, LinkSection,
-                OutputSection):
+class RunConfig(TrainingConfig):
     """The simulator: N nodes in one process over a modelled link."""
 
-    nodes: int = Field(4, ge=1, le=1024, description="number of nodes")
-    mode: Literal["sync", "fedavg"] = Field("sync", description="sync: data-parallel SGD, "
-                                            "every step; fedavg: local steps, then deltas")
-    local_steps: int = Field(5, ge=1, description="fedavg: local SGD steps per round")
+    down_error_feedback: bool = Field(False, description="the aggregator keeps the residual "
+                                      "of its lossy broadcast and adds it to the next one "
+                                      "(error feedback on the server, as in DoubleSqueeze)")
     centralized: bool = Field(False, description="one node, all data, no communication "
                               "(the baseline)")
-    epochs: int = Field(3, ge=1, description="passes over the training data")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
-    batch_size: int = Field(64, ge=1, description="per node")
-    lr: float = Field(0.05, gt=0, description="learning rate")
-    lr_schedule: Literal["constant", "step", "cosine"] = Field(
-        "constant", description="step: x lr_gamma at lr_milestones (default: the last "
-        "epoch); cosine: anneal to 0")
-    lr_milestones: list[int] = Field(default_factory=list,
-                                     description="step schedule: epochs where lr *= lr_gamma")
-    lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule's factor")
-    lr_warmup: int = Field(0, ge=0, description="steps of linear lr warm-up")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay")
     node_batching: Literal["loop", "vmap"] = Field(
         "loop", description="vmap: all nodes' gradients in one batched call")
-    pack: bool = Field(False, description="one flat tensor per message: one payload, "
-                       "global top-k, no per-tensor metadata")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads "
-                                "(default: torch's)")
-
-    @model_validator(mode="after")
-    def _check_run(self) -> "RunConfig":
-        from .link import LinkModel
-
-        LinkModel.build(self.nodes, self.bandwidth, self.downlink, self.latency_ms)
-        if self.skipped == "accumulate" and self.policy == "laq":
-            raise ValueError("skipped=accumulate does not fit policy laq: LAQ measures "
-                             "innovation against the reused last upload; use reuse")
-        if any(m < 1 for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones={self.lr_milestones}: epochs count from 1")
-        return self
 
     def name(self) -> str:
-        if self.run_name:
-            return self.run_name
-        if self.centralized:
+        if self.centralized and not self.run_name:
             return f"centralized-s{self.seed}"
-        from ..codecs import build
-
-        ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
-        extras = "".join(f"-{tag}" for tag, on in (
-            ("pack", self.pack), (self.skipped, self.skipped != "reuse"),
-            (f"lr{self.lr_schedule}", self.lr_schedule != "constant")) if on)
-        return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"
+        return self.run_name or self.built_name(self.down_error_feedback)
 
 
 def build_config(file: Path | None = None, flags: dict[str, Any] | None = None,

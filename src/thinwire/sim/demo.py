@@ -1,4 +1,5 @@
-"""The main job: 4 MNIST nodes, centralized vs none / int8 / top-k+int8 (EF) / trigger."""
+"""The main job: 4 MNIST nodes, centralized vs none / int8 / top-k+int8 (EF) up only and
+both ways / trigger."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def demo_configs(out: Path, epochs: int | None, data_dir: Path | None) -> list:
         validate({**base, "codec": "none"}),
         validate({**base, "codec": "int8", "error_feedback": True}),
         validate({**base, "codec": "topk(ratio=0.01)+int8", "error_feedback": True}),
+        # both directions: the broadcast compressed too, with the server's own residual
+        validate({**base, "codec": "topk(ratio=0.01)+int8", "error_feedback": True,
+                  "down_codec": "topk(ratio=0.01)+int8", "down_error_feedback": True}),
         # the benchmark's trigger settings: the design's 0.15 threshold fires on most steps
         # at small batches, and averaging only the senders keeps accuracy (bench/RESULTS.md)
         validate({**base, "codec": "none", "policy": "trigger", "skipped": "drop",

@@ -10,7 +10,9 @@ import torch
 from tqdm import tqdm
 
 from ..obs.events import EventLog
-from ..obs.record import record
+from ..config.training import run_common, run_extras
+from ..obs.monitor import Monitor
+from ..obs.record import epoch_line, epoch_record, record
 from ..obs.resources import ResourceMonitor
 from ..obs.results import append_row
 from ..tasks import Task, format_histograms, load_task
@@ -31,14 +33,30 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
         torch.set_num_threads(cfg.threads)
     task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
     sim = Simulation(cfg, task, log=log)
-    if not (cfg.resume and sim.try_resume()):
+    resumed = cfg.resume and sim.try_resume()
+    if not resumed:
         sim.write(f"run {cfg.name()}: {len(sim.nodes)} node(s), split {cfg.split}, "
                   f"codec {cfg.codec}, policy {cfg.policy}\n"
                   + format_histograms(sim.histograms))
     steps = sim.steps_per_epoch()
-    events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50))
-    monitor = ResourceMonitor()
+    events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50), fresh=not resumed)
     started = time.perf_counter()
+    peers = {s.node_id: "alive" for s in sim.senders}  # in-process nodes never leave
+    with Monitor(events, ledger=lambda: sim.ledger, every=cfg.monitor_every,
+                 extra=lambda: {"peers": peers}):
+        train(sim, events, steps, progress)
+    row = result_row(sim, time.perf_counter() - started)
+    events.emit("end", record={k: v for k, v in row.items() if k != "history"})
+    events.close()
+    append_row(cfg.out / "results.jsonl", row)
+    sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
+              f"uplink ratio={row['compression_ratio'] or 0:.1f}")
+    return row
+
+
+def train(sim: Simulation, events: EventLog, steps: int, progress: bool) -> None:
+    """The epochs left: steps, a step event each, evaluation and an epoch event each."""
+    cfg, monitor = sim.cfg, ResourceMonitor()
     for epoch in range(sim.epoch, cfg.epochs):
         bar = tqdm(range(steps), desc=f"{cfg.name()} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, file=sys.stderr)
@@ -55,13 +73,6 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
                     resources=monitor.sample())
         if cfg.max_steps and sim.step >= cfg.max_steps:
             break
-    row = result_row(sim, time.perf_counter() - started)
-    events.emit("end", record={k: v for k, v in row.items() if k != "history"})
-    events.close()
-    append_row(cfg.out / "results.jsonl", row)
-    sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
-              f"uplink ratio={row['compression_ratio'] or 0:.1f}")
-    return row
 
 
 def step_event(sim: Simulation, events: EventLog) -> None:
@@ -71,51 +82,29 @@ def step_event(sim: Simulation, events: EventLog) -> None:
     recent = sim.train_losses[-len(sim.nodes):]
     events.step(sim.step, train_loss=sum(recent) / max(len(recent), 1), lr=sim.lr(),
                 bytes_up_wire=t["up_wire"], bytes_down_wire=t["down_wire"],
-                uploads=t["sent"], skipped=t["skipped"])
+                uploads=t["sent"], skipped=t["skipped"], comm_time_s_sim=sim.comm_time)
 
 
 def finish_epoch(sim: Simulation, epoch: int) -> None:
     bytes_epoch = sim.ledger.close_epoch()
     acc, loss = sim.evaluate()
     recent = sim.train_losses[-sim.steps_per_epoch() * len(sim.nodes):]
-    record = {"epoch": epoch + 1, "step": sim.step, "test_accuracy": acc, "test_loss": loss,
-              "train_loss": sum(recent) / max(len(recent), 1),
-              "bytes_wire_cum": sim.ledger.wire_total,
-              "bytes_wire_epoch": bytes_epoch["up_wire"] + bytes_epoch["down_wire"],
-              "uploads": bytes_epoch["sent"], "skipped": bytes_epoch["skipped"],
-              "comm_time_s_sim": sim.comm_time, "compute_time_s": sim.compute_time}
+    record = epoch_record(epoch + 1, sim.step, acc, loss, sum(recent) / max(len(recent), 1),
+                          sim.ledger.wire_total, bytes_epoch, sim.comm_time, sim.compute_time)
     sim.records.append(record)
     sim.epoch = epoch + 1
-    sim.write(f"epoch {epoch + 1}: acc={acc:.4f} loss={loss:.4f} "
-              f"train_loss={record['train_loss']:.4f} "
-              f"MB/epoch={record['bytes_wire_epoch'] / 1e6:.3f} sent={record['uploads']} "
-              f"skipped={record['skipped']}")
+    sim.write(epoch_line(record))
     every = sim.cfg.checkpoint_every
     if every and (epoch + 1) % every == 0:
         sim.save_checkpoint()
 
 
 def result_row(sim: Simulation, elapsed: float) -> dict:
-    cfg, last = sim.cfg, sim.records[-1]
-    epochs = max(len(sim.records), 1)
-    common = {
-        "run_name": cfg.name(), "task": cfg.task, "model": cfg.model or sim.task.model,
-        "nodes": len(sim.nodes), "split": cfg.split if not cfg.centralized else "centralized",
-        "mode": "centralized" if cfg.centralized else cfg.mode,
-        "codec": "-" if cfg.centralized else sim.senders[0].encoder.codec.name,
-        "codec_config": "-" if cfg.centralized else cfg.codec,
-        "down_codec": cfg.down_codec,
-        "error_feedback": cfg.error_feedback and not cfg.centralized,
-        "policy": "-" if cfg.centralized else cfg.policy, "seed": cfg.seed,
-        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
-        "train_loss": last["train_loss"],
-    }
-    return record(
-        "sim", common, sim.ledger.totals(),
-        epochs=len(sim.records), steps=sim.step, batch_size=cfg.batch_size, lr=cfg.lr,
-        lr_schedule=cfg.lr_schedule, pack=cfg.pack,
-        bytes_per_epoch=sim.ledger.wire_total / epochs, bandwidth=cfg.bandwidth,
-        comm_time_s_sim=sim.comm_time, compute_time_s=sim.compute_time,
-        wall_time_s=sim.comm_time + sim.compute_time, train_time_s=elapsed,
-        samples_per_s=sim.samples / sim.compute_time if sim.compute_time else None,
-        history=sim.records)
+    cfg, central = sim.cfg, sim.cfg.centralized
+    codec = "-" if central else sim.senders[0].encoder.codec.name
+    common = run_common(cfg, cfg.model or sim.task.model, len(sim.nodes), codec,
+                        sim.records[-1], central)
+    return record("sim", common, sim.ledger.totals(),
+                  **run_extras(cfg, sim.records, sim.step, sim.ledger.wire_total, sim.comm_time,
+                               sim.compute_time, elapsed, sim.samples),
+                  history=sim.records)

@@ -8,31 +8,30 @@ compute time is measured.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..codecs import Encoder, make_codec
+from ..config.training import lr_at, make_sender, set_step_lr, steps_per_epoch
 from ..exchange import MemoryTransport, Receiver, Sender, TensorSet
+from ..exchange.link import LinkModel
+from ..exchange.packing import Packing
 from ..obs.ledger import HUB
-from ..policy import ModelDiffHistory, make_policy
-from ..strategy import Contribution, Strategy, apply_delta
+from ..policy import ModelDiffHistory
+from ..strategy import (Contribution, OuterOptimizer, Strategy, apply_delta, change_sq, restore,
+                        snapshot)
 from ..tasks import Task, build_model, class_histograms, split_indices
 from ..tasks.evaluate import evaluate
+from ..tasks.step import forward_backward, next_batch
 from ..tasks.stream import ShardStream
 from ..wire import Update, serialize_update
 from .batched import VmapGrads
 from .config import RunConfig
-from .link import LinkModel
-from .schedule import lr_at
 
 Tensors = dict[str, torch.Tensor]
-
-PACKED = "packed"
 
 Log = Callable[[str], None]
 
@@ -59,14 +58,15 @@ class Simulation:
         self.histograms = class_histograms(task.train_y, parts, task.num_classes)
         self.history = ModelDiffHistory(cfg.laq.depth)
         self.nodes = [ShardStream(i, part, cfg.seed) for i, part in enumerate(parts)]
-        self.senders = [Sender(f"node-{i}", Encoder(make_codec(cfg.codec, cfg.error_feedback)),
-                               self._policy(), accumulate=cfg.skipped == "accumulate")
-                        for i in range(len(parts))]
+        self.senders = [make_sender(cfg, f"node-{i}", self.history) for i in range(len(parts))]
+        self.packing = Packing(self.params, cfg.pack)
         self.transport = MemoryTransport()
         self.receiver, self.down_receiver = Receiver(), Receiver()
         self.strategy = Strategy(cfg.aggregate, cfg.weight, cfg.skipped,
                                  expected_nodes=len(self.nodes))
-        self.down_encoder = Encoder(make_codec(cfg.down_codec))
+        self.down_encoder = Encoder(make_codec(cfg.down_codec, cfg.down_error_feedback))
+        self.outer = OuterOptimizer(self.params, cfg.outer_lr, cfg.outer_momentum,
+                                    nesterov=True)
         self.link = LinkModel.build(n_nodes, cfg.bandwidth, cfg.downlink, cfg.latency_ms,
                                     cfg.topology)
         self.raw_bytes = 4 * sum(p.numel() for p in self.params.values())
@@ -77,15 +77,6 @@ class Simulation:
         self.records: list[dict] = []
         self.train_losses: list[float] = []
 
-    def _policy(self):
-        """LAQ's step is theta -= alpha * sum_m g_m. Ours is the mean over M nodes of
-        lr * grad (sync, alpha = lr/M) or of deltas that already include lr (fedavg,
-        alpha = 1/M), so its threshold scale 1/(alpha^2 M^2) is 1/lr^2 or 1."""
-        c = self.cfg
-        alpha = (c.lr if c.mode == "sync" else 1.0) / c.nodes
-        return make_policy(c.policy, c.communication.model_dump(), c.laq.model_dump(),
-                           self.history, alpha=alpha, workers=c.nodes)
-
     def write(self, line: str) -> None:
         self._log_file.write(line + "\n")
         self._log_file.flush()
@@ -93,39 +84,29 @@ class Simulation:
 
     # ---- one exchange ------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
-        per = self.batch * len(self.nodes)
-        if self.cfg.mode == "fedavg" and not self.cfg.centralized:
-            per *= self.cfg.local_steps
-        return max(1, math.ceil(len(self.task.train_y) / per))
+        local = self.cfg.local_steps if self.cfg.mode == "fedavg" and not self.cfg.centralized \
+            else 1
+        return steps_per_epoch(len(self.task.train_y), self.batch, len(self.nodes), local)
 
     @property
     def ledger(self):
         return self.transport.ledger
 
     def _batch(self, node: ShardStream, local: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = node.next_batch(min(self.batch, len(node.shard)))
-        x, y = self.task.train_x[idx], self.task.train_y[idx]
-        if self.task.augment is not None:
-            gen = torch.Generator().manual_seed(hash((self.cfg.seed, self.step, node.index,
-                                                      local)) & 0x7FFFFFFF)
-            x = self.task.augment(x, gen)
-        return x, y
+        return next_batch(self.task, node, self.batch, self.cfg.seed, self.step, local)
 
     def _forward_backward(self, node: ShardStream, local: int = 0) -> float:
         x, y = self._batch(node, local)
-        self.model.zero_grad(set_to_none=True)
-        out = self.model(x)
-        loss = F.cross_entropy(out, y)
-        loss.backward()
-        self.train_losses.append(float(loss.detach()))
+        loss, confidence = forward_backward(self.model, x, y)
+        self.train_losses.append(loss)
         self.samples += len(y)
-        return float(out.detach().softmax(1).amax(1).mean())
+        return confidence
 
     def _exchange(self, sender: Sender, tensors: Tensors, confidence: float, samples: int,
                   kind: str) -> int:
         """Policy and encoding (Sender), then the serialized Update crosses the transport.
         Returns uploaded bytes."""
-        proposal = sender.propose(self._pack(tensors), self.step, confidence)
+        proposal = sender.propose(self.packing.pack(tensors), self.step, confidence)
         if not proposal.send:
             self.ledger.skip(sender.node_id, self.raw_bytes)
             return 0
@@ -154,21 +135,6 @@ class Simulation:
         arrival = self.down_receiver.receive(received[0][0][1], HUB)  # identical bytes
         return dict(arrival.tensors.params), len(data)
 
-    def _pack(self, tensors: Tensors) -> Tensors:
-        """`pack`: one flat tensor, so one payload carries the whole model (top-k is global)."""
-        if not self.cfg.pack:
-            return tensors
-        return {PACKED: torch.cat([tensors[n].reshape(-1) for n in self.params])}
-
-    def _unpack(self, tensors: Tensors) -> Tensors:
-        if not self.cfg.pack:
-            return tensors
-        flat, out, at = tensors[PACKED], {}, 0
-        for n, p in self.params.items():
-            out[n] = flat[at: at + p.numel()].view_as(p)
-            at += p.numel()
-        return out
-
     def lr(self) -> float:
         return lr_at(self.cfg, self.step, self.steps_per_epoch())
 
@@ -195,20 +161,20 @@ class Simulation:
         down = 0
         if combined is not None:
             grads, down = self._broadcast(combined.tensors.params)
-            grads = self._unpack(grads)
-            before = self._snapshot()
+            grads = self.packing.unpack(grads)
+            before = snapshot(self.params)
             for n, p in self.params.items():
                 p.grad = grads[n].to(p.dtype)
             self.opt.step()
-            self.history.push(self._change_sq(before))
+            self.history.push(change_sq(self.params, before))
         self._account(ups, down)
 
     def fedavg_round(self) -> None:
-        start = self._snapshot()
-        start_buffers = {n: b.detach().clone() for n, b in self.buffers.items()}
+        start = snapshot(self.params)
+        start_buffers = snapshot(self.buffers)
         ups = []
         for node, sender in zip(self.nodes, self.senders):
-            self._load(start, start_buffers)
+            restore(self.params, self.buffers, start, start_buffers)
             local = torch.optim.SGD(self.model.parameters(), lr=self.lr(),
                                     momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay)
@@ -219,43 +185,25 @@ class Simulation:
             delta = {n: p.detach() - start[n] for n, p in self.params.items()}
             samples = self.cfg.local_steps * self.batch
             ups.append(self._exchange(sender, delta, sum(confs) / len(confs), samples, "delta"))
-        self._load(start, start_buffers)
+        restore(self.params, self.buffers, start, start_buffers)
         self._collect()
         combined = self.strategy.result()
         down = 0
         if combined is not None:
             delta, down = self._broadcast(combined.tensors.params)
-            step = TensorSet(self._unpack(delta)).add(combined.tensors.buffers, "buffer")
-            apply_delta(self.params, self.buffers, step)
-            self.history.push(self._change_sq(start))
+            self.outer.step(TensorSet(self.packing.unpack(delta)))  # plain FedAvg at lr 1
+            apply_delta({}, self.buffers, TensorSet(combined.tensors.buffers, "buffer"))
+            self.history.push(change_sq(self.params, start))
         self._account(ups, down)
 
     def _set_lr(self) -> None:
-        lr = self.lr()
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        for sender in self.senders:  # LAQ's threshold scales with the step (alpha = lr/M)
-            if hasattr(sender.policy, "alpha"):
-                sender.policy.alpha = lr / self.cfg.nodes
+        set_step_lr(self.cfg, self.lr(), self.opt, [s.policy for s in self.senders])
 
     def _account(self, ups: list[int], down: int) -> None:
         if self.cfg.topology == "ring":
             self.comm_time += self.link.ring_allreduce_time(max(ups, default=0))
         else:
             self.comm_time += self.link.step_time(ups, [down] * len(self.nodes))
-
-    def _snapshot(self) -> Tensors:
-        return {n: p.detach().clone() for n, p in self.params.items()}
-
-    def _load(self, params: Tensors, buffers: Tensors) -> None:
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(params[n])
-            for n, b in self.buffers.items():
-                b.copy_(buffers[n])
-
-    def _change_sq(self, before: Tensors) -> float:
-        return float(sum(((p.detach() - before[n]) ** 2).sum() for n, p in self.params.items()))
 
     # ---- evaluation --------------------------------------------------------------------
     def evaluate(self) -> tuple[float, float]:
@@ -272,7 +220,8 @@ class Simulation:
                 "senders": [s.state_dict() for s in self.senders],
                 "receiver": self.receiver.state_dict(),
                 "down": [self.down_encoder.state_dict(), self.down_receiver.state_dict()],
-                "strategy": self.strategy.state_dict(), "history": self.history.state_dict(),
+                "strategy": self.strategy.state_dict(), "outer": self.outer.state_dict(),
+                "history": self.history.state_dict(),
                 "ledger": self.ledger.state_dict(), "records": self.records,
                 "counters": [self.step, self.epoch, self.comm_time, self.compute_time,
                              self.samples], "train_losses": self.train_losses,
@@ -289,6 +238,7 @@ class Simulation:
         self.down_encoder.load_state_dict(s["down"][0])
         self.down_receiver.load_state_dict(s["down"][1])
         self.strategy.load_state_dict(s["strategy"])
+        self.outer.load_state_dict(s["outer"])
         self.history.load_state_dict(s["history"])
         self.ledger.load_state_dict(s["ledger"])
         self.records = list(s["records"])

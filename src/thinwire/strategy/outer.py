@@ -1,10 +1,9 @@
-"""The outer step of local-update training (DiLoCo): how a combined pseudo-gradient moves
-the shared weights.
+"""The outer step: the server applies a combined pseudo-gradient through an optimizer.
 
-Workers send Δ = (their weights after local steps) - (the weights they started from); the
-combined Δ is an outer gradient with the sign flipped. `plain` adds lr·Δ (lr 1: the mean
-of the workers' results, FedAvg); `nesterov` keeps a momentum m = μm + Δ and adds
-lr·(Δ + μm), the outer optimizer DiLoCo found best (Douillard et al., 2023: lr 0.7, μ 0.9).
+With local steps (fedavg, DiLoCo) each node sends delta = theta_local - theta_start; the
+server treats -mean(delta) as a gradient for an outer SGD (Douillard et al. 2023, DiLoCo: lr
+0.7, Nesterov momentum 0.9). lr 1 without momentum is plain FedAvg: theta += mean(delta),
+bit for bit. The optimizer's momentum is state, checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -13,39 +12,36 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError
-
-OUTER = ("plain", "nesterov")
+from ..exchange.tensorset import TensorSet
 
 
-class OuterStep:
-    def __init__(self, kind: str = "plain", lr: float = 1.0, momentum: float = 0.9) -> None:
-        if kind not in OUTER:
-            raise ConfigError(f"outer step {kind!r}: use one of {', '.join(OUTER)}")
-        if lr <= 0 or not 0 <= momentum < 1:
-            raise ConfigError(f"outer step needs lr > 0 and 0 <= momentum < 1, got {lr}, "
-                              f"{momentum}")
-        self.kind, self.lr, self.momentum = kind, lr, momentum
-        self.buffers: dict[str, torch.Tensor] = {}
+class OuterOptimizer:
+    def __init__(self, params: Mapping[str, torch.Tensor], lr: float = 1.0,
+                 momentum: float = 0.0, nesterov: bool = False) -> None:
+        self.params = dict(params)
+        self.plain = lr == 1.0 and momentum == 0.0
+        self.opt = torch.optim.SGD(list(self.params.values()), lr=lr, momentum=momentum,
+                                   nesterov=nesterov and momentum > 0)
 
     @torch.no_grad()
-    def apply(self, weights: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
-              scale: float = 1.0) -> float:
-        """Move `weights` in place by the combined `delta`; returns ||step||^2."""
-        change = 0.0
-        for name, w in weights.items():
-            d = delta[name].float() * scale
-            if self.kind == "nesterov":
-                m = self.buffers.setdefault(name, torch.zeros_like(d))
-                m.mul_(self.momentum).add_(d)
-                d = d + self.momentum * m
-            step = (self.lr * d).to(w.dtype)
-            w.add_(step)
-            change += float(step.float().pow(2).sum())
-        return change
+    def step(self, delta: TensorSet) -> None:
+        """theta <- theta - outer_opt(-delta); plain FedAvg adds the delta directly."""
+        if self.plain:
+            for name, p in self.params.items():
+                p.add_(delta[name].to(p.dtype))
+            return
+        saved = {n: p.grad for n, p in self.params.items()}
+        for name, p in self.params.items():
+            p.grad = -delta[name].to(p.dtype)
+        self.opt.step()
+        for name, p in self.params.items():
+            p.grad = saved[name]
 
     def state_dict(self) -> dict:
-        return {"buffers": dict(self.buffers)}
+        return self.opt.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.buffers = {n: t.clone() for n, t in state.get("buffers", {}).items()}
+        """Also from JSON (a snapshot's tree), whose keys are strings: torch matches the
+        per-parameter state by the integer ids in param_groups."""
+        self.opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                                  "param_groups": state["param_groups"]})

@@ -33,3 +33,23 @@ def apply_delta(params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.
         else:
             b.lerp_(new.to(b.dtype), min(scale, 1.0))
     return change
+
+
+def snapshot(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of the parameters: the start of a round, or the model before a step."""
+    return {n: p.detach().clone() for n, p in params.items()}
+
+
+def change_sq(params: Mapping[str, torch.Tensor], before: Mapping[str, torch.Tensor]) -> float:
+    """||theta - before||^2: the model change LAQ keeps in its history."""
+    return float(sum(((p.detach() - before[n]) ** 2).sum() for n, p in params.items()))
+
+
+@torch.no_grad()
+def restore(params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor],
+            saved: Mapping[str, torch.Tensor], saved_buffers: Mapping[str, torch.Tensor]) -> None:
+    """Put a snapshot back (fedavg: every node starts its round from the same model)."""
+    for n, p in params.items():
+        p.copy_(saved[n])
+    for n, b in buffers.items():
+        b.copy_(saved_buffers[n])

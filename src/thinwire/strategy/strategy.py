@@ -35,7 +35,7 @@ class Contribution:
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensors, TensorSet):
-            self.tensors = TensorSet.from_wire(self.tensors)
+            self.tensors = TensorSet(self.tensors)  # a plain dict holds parameters
 
 
 @dataclass
@@ -141,11 +141,12 @@ class Strategy:
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {n: {"tensors": c.tensors.to_wire(), "num_samples": c.num_samples,
+        return {n: {"set": c.tensors.state_dict(), "num_samples": c.num_samples,
                     "confidence": c.confidence} for n, c in self.last.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.last = {n: Contribution(**c) for n, c in state.items()}
+        self.last = {n: Contribution(TensorSet.from_state_dict(c["set"]), c["num_samples"],
+                                     c["confidence"]) for n, c in state.items()}
 
 
 def check(rule: str, weight: str, skipped: str) -> None:

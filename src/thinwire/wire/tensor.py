@@ -23,6 +23,8 @@ from . import thinwire_pb2 as pb
 from .limits import WireLimits, bounded_numel, brief, brief_shape, brief_text, check_count, \
     check_text
 
+ROLES = ("", "buffer", "adapter")  # "" is a parameter; the exchange layer names them
+
 MAX_REASON = 400  # characters of a codec's complaint quoted in a WireError
 
 # torch.frombuffer warns that `bytes` is read-only; decoded buffers are never written in place.
@@ -39,7 +41,8 @@ def _buffer_bytes(t: torch.Tensor) -> bytes:
 def payload_to_proto(p: Payload) -> pb.TensorPayload:
     msg = pb.TensorPayload(name=p.name, shape=[int(d) for d in p.shape],
                            dtype=DTYPE_CODES[p.dtype], codec=p.codec, params=p.params,
-                           scalars=[float(s) for s in p.scalars], seed=int(p.seed))
+                           scalars=[float(s) for s in p.scalars], seed=int(p.seed),
+                           role=p.role)
     for b in p.buffers:
         msg.buffers.add(dtype=DTYPE_CODES[b.dtype], data=_buffer_bytes(b))
     for part in p.parts:
@@ -116,7 +119,12 @@ def payload_from_proto(msg: pb.TensorPayload, limits: WireLimits = WireLimits(),
         budget = ElementBudget(limits.max_total_elements)
     budget.take(check_header(msg, limits, depth), describe(msg))
     where = describe(msg)
-    payload = Payload(codec=msg.codec, shape=tuple(int(d) for d in msg.shape),
+    if msg.role not in ROLES:
+        raise WireError(f"{where}: role {brief_text(msg.role)} is not one of "
+                        f"{[r for r in ROLES if r]} (or empty for a parameter)")
+    if msg.role and depth:
+        raise WireError(f"{where}: a nested part cannot carry a role")
+    payload = Payload(role=msg.role, codec=msg.codec, shape=tuple(int(d) for d in msg.shape),
                       dtype=CODE_DTYPES[msg.dtype], params=msg.params,
                       scalars=list(msg.scalars), seed=int(msg.seed), name=msg.name,
                       buffers=[_buffer_from_proto(b, where) for b in msg.buffers],
@@ -165,9 +173,14 @@ def parse_strict(msg, data: bytes, what: str) -> None:
         raise WireError(f"{what}: malformed or truncated protobuf ({exc})") from None
     except Exception as exc:  # upb raises other errors on a few corrupt inputs
         raise WireError(f"{what}: cannot parse ({type(exc).__name__}: {exc})") from None
+    with_unknown = msg.ByteSize()
+    msg.DiscardUnknownFields()  # ByteSize counts unknown fields: drop them, then compare
+    if msg.ByteSize() != with_unknown:
+        raise WireError(f"{what}: carries fields this build does not know (schema mismatch "
+                        "or tampering); upgrade thinwire or send the schema's fields only")
     if msg.ByteSize() != len(data):
         raise WireError(f"{what}: {len(data)} bytes but the message accounts for "
-                        f"{msg.ByteSize()}: trailing bytes, unknown fields or non-canonical data")
+                        f"{msg.ByteSize()}: trailing bytes or non-canonical data")
 
 
 def check_size(data: bytes, limit: int, what: str, knob: str = "max_message_bytes") -> None:

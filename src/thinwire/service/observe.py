@@ -1,0 +1,48 @@
+"""The coordinator's event stream: `<state-dir>/events.jsonl`, read by the dashboard.
+
+A `round` event per evaluated round (accuracy, loss, cumulative bytes per direction and per
+link, uploads sent and skipped, every worker's state) and, from the resource monitor, a
+`resources` event every second with the bytes per second on each worker's link and the
+workers' states, so peers that go offline or leave show within a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..obs.events import EventLog
+from ..obs.monitor import Monitor
+
+
+def peer_states(core: Any) -> dict[str, str]:
+    """worker id -> active | offline | left."""
+    with core.lock:
+        return {w["id"]: w["state"] for w in core.workers.values()}
+
+
+def start_events(core: Any, every: float = 1.0) -> Monitor:
+    """Give the coordinator its event log and start its monitor; `stop_events` ends both."""
+    core.events = EventLog(core.store.dir, core.cfg.name())
+    return Monitor(core.events, ledger=lambda: core.ledger, every=every, lock=core.lock,
+                   extra=lambda: {"peers": peer_states(core)}).start()
+
+
+def stop_events(core: Any, monitor: Monitor) -> None:
+    monitor.stop()
+    if core.done:
+        core.events.emit("end", round=core.round, version=core.version)
+    core.events.close()
+
+
+def round_event(core: Any, row: dict[str, Any], c: dict[str, Any]) -> None:
+    """One evaluated round (row: its results row; c: the counters when it closed)."""
+    events: EventLog | None = getattr(core, "events", None)
+    if events is None:
+        return
+    with core.lock:
+        links = core.ledger.per_link()
+    events.emit("round", round=row["round"], version=row["version"],
+                test_accuracy=row["test_accuracy"], test_loss=row["test_loss"],
+                train_loss=c["train_loss"], bytes_up_wire=c["up_wire"],
+                bytes_down_wire=c["down_wire"], uploads=c["uploads"], skipped=c["skipped"],
+                elapsed_s=round(c["elapsed"], 3), links=links, peers=peer_states(core))
