@@ -9,10 +9,10 @@ from .base import (Strict, aliases, apply_set, build, canonical, describe, load_
                    validate)
 from .flags import add_command_flags, add_config_flags, config_flags
 from .sections import (LAQ, CodecSection, Communication, LinkSection, OutputSection,
-                       PolicySection, StrategySection, TaskSection, redefault)
+                       PolicySection, ServerSection, StrategySection, TaskSection, redefault)
 
 __all__ = ["LAQ", "CodecSection", "Communication", "LinkSection", "OutputSection",
-           "PolicySection", "StrategySection", "Strict", "TaskSection", "add_command_flags",
-           "add_config_flags",
+           "PolicySection", "ServerSection", "StrategySection", "Strict", "TaskSection",
+           "add_command_flags", "add_config_flags",
            "aliases", "apply_set", "build", "canonical", "config_flags", "describe",
            "load_file", "merge", "redefault", "validate"]

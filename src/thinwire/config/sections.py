@@ -142,5 +142,18 @@ class OutputSection(Strict):
                                  "in events.jsonl (obs/monitor.py); 0 disables")
 
 
+class ServerSection(Strict):
+    """What one client may make a coordinator hold (bodies, time)."""
+
+    max_request_bytes: int = Field(256 << 20, ge=1024, description="largest update body")
+    max_json_bytes: int = Field(64 << 10, ge=1024, description="largest body of the JSON "
+                                "endpoints (register, skip, offer, ...)")
+    request_timeout: float = Field(10.0, gt=0, description="seconds for a request's "
+                                   "headers, and the longest silence inside a body")
+    body_min_rate: int = Field(1024, ge=1, description="bytes/s a body must average "
+                               "(after request_timeout) before it is cut off with 408")
+
+
 SECTIONS: tuple[type[Strict], ...] = (TaskSection, CodecSection, PolicySection,
-                                      StrategySection, LinkSection, OutputSection, LAQ)
+                                      StrategySection, LinkSection, OutputSection, LAQ,
+                                      ServerSection)

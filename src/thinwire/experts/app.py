@@ -33,18 +33,21 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..config import add_config_flags, config_flags
-from ..server import BodyLimit, add_json_errors, add_listen_flags, bearer, require_token
+from ..server import (GuardRules, RequestGuard, add_json_errors, add_listen_flags,
+                      require_token)
+from ..server.http11 import server_config
 from .config import load_config
 from .core import ExpertsCoordinator
 from .link import VERSION
 
 MAX_WAIT_S = 30.0
+PUBLIC = frozenset({"/v1/health"})
 SAFETENSORS = "application/octet-stream"
 
 
@@ -74,29 +77,31 @@ def create_app(core: ExpertsCoordinator, token: str | None = None,
 
     app = FastAPI(title="thinwire federated experts", version="1", lifespan=ticking,
                   description="Per-specialty LoRA experts, a merged gateway, routing.")
-    app.add_middleware(BodyLimit, limit=core.cfg.max_request_bytes)
+    c = core.cfg
+    app.add_middleware(RequestGuard, rules=GuardRules(
+        token=token, admin_token=None, public=PUBLIC, json_limit=c.max_json_bytes,
+        update_limit=c.max_request_bytes, timeout=c.request_timeout, min_rate=c.body_min_rate))
     add_json_errors(app)
-    guard = [Depends(bearer(token))]
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"ok": True, "gateway_version": core.gateway.version}
 
-    @app.get("/v1/status", dependencies=guard)
+    @app.get("/v1/status")
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(core.status)
 
-    @app.post("/v1/workers", dependencies=guard)
+    @app.post("/v1/workers")
     async def register(body: RegisterIn) -> dict[str, Any]:
         return await run_in_threadpool(core.register, body.worker_id, body.session,
                                        body.specialty, body.base, body.centroid, body.count,
                                        body.capabilities)
 
-    @app.post("/v1/workers/{worker_id}/leave", dependencies=guard)
+    @app.post("/v1/workers/{worker_id}/leave")
     async def leave(worker_id: str) -> dict[str, Any]:
         return await run_in_threadpool(core.leave, worker_id)
 
-    @app.get("/v1/experts/adapter", dependencies=guard)
+    @app.get("/v1/experts/adapter")
     async def adapter(worker_id: str, wait_version: int | None = None,
                       wait_s: float = 0.0) -> Response:
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
@@ -107,33 +112,33 @@ def create_app(core: ExpertsCoordinator, token: str | None = None,
         return Response(body, media_type="application/x-protobuf",
                         headers={VERSION: str(version)})
 
-    @app.post("/v1/updates", dependencies=guard)
+    @app.post("/v1/updates")
     async def push(request: Request) -> dict[str, Any]:
         return await run_in_threadpool(core.push, await request.body())
 
-    @app.get("/v1/experts", dependencies=guard)
+    @app.get("/v1/experts")
     async def experts() -> dict[str, Any]:
         return (await run_in_threadpool(core.status))["experts"]
 
-    @app.get("/v1/experts/{name}/weights", dependencies=guard)
+    @app.get("/v1/experts/{name}/weights")
     async def expert_weights(name: str) -> Response:
         body, version = await run_in_threadpool(core.expert_body, name)
         return Response(body, media_type=SAFETENSORS, headers={VERSION: str(version)})
 
-    @app.get("/v1/gateway", dependencies=guard)
+    @app.get("/v1/gateway")
     async def gateway() -> dict[str, Any]:
         return (await run_in_threadpool(core.status))["gateway"]
 
-    @app.get("/v1/gateway/weights", dependencies=guard)
+    @app.get("/v1/gateway/weights")
     async def gateway_weights() -> Response:
         body, version = await run_in_threadpool(core.gateway_body)
         return Response(body, media_type=SAFETENSORS, headers={VERSION: str(version)})
 
-    @app.get("/v1/base/files", dependencies=guard)
+    @app.get("/v1/base/files")
     async def files() -> dict[str, str]:
         return await run_in_threadpool(core.files)
 
-    @app.post("/v1/route", dependencies=guard)
+    @app.post("/v1/route")
     async def route(body: RouteIn) -> dict[str, Any]:
         return await run_in_threadpool(core.route, body.prompt)
 
@@ -172,9 +177,11 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     core = ExpertsCoordinator(cfg, base, args.state_dir, log)
     log(f"listening on http://{args.host}:{args.port} (base {base.name}, {cfg.finetune}, "
         f"codec {cfg.codec}, merge {cfg.merge}, state {args.state_dir})")
+    app = create_app(core, args.token, log)
+    config = server_config(app, args.host, args.port, cfg.request_timeout,
+                           max(128, 2 * cfg.max_workers + 64), args.debug)
     try:
-        uvicorn.run(create_app(core, args.token, log), host=args.host, port=args.port,
-                    log_level="debug" if args.debug else "warning", access_log=args.debug)
+        uvicorn.Server(config).run()
     finally:
         core.close()
     return 0

@@ -13,14 +13,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import CodecSection, StrategySection, build, redefault
+from ..config import CodecSection, ServerSection, StrategySection, build, redefault
 from ..errors import ConfigError
 from ..tasks.lm.merge import METHODS, parse_given
 from ..tasks.lm.pretrained import DEFAULT_BASE
 from ..tasks.lm.tuning import QWEN2_ATTENTION, make_tuning, specialty_seed
 
 
-class ExpertsConfig(CodecSection, StrategySection):
+class ExpertsConfig(CodecSection, StrategySection, ServerSection):
     """Federated experts: one LoRA expert per specialty and a merged gateway model."""
 
     # ---- the base and what workers train ---------------------------------------------------
@@ -59,7 +59,7 @@ class ExpertsConfig(CodecSection, StrategySection):
     history: int = Field(1000, ge=1, description="versions of history kept")
 
     # ---- limits -----------------------------------------------------------------------------
-    max_request_bytes: int = Field(256 << 20, ge=1024)
+    max_json_bytes: int = redefault(ServerSection, "max_json_bytes", 1 << 20)  # centroids
     max_specialties: int = Field(64, ge=1)
     max_workers: int = Field(1024, ge=1, description="registrations kept (ids ever seen)")
     run_name: str | None = None

@@ -1,12 +1,10 @@
-"""HTTP plumbing every coordinator app shares: errors as JSON, a bearer token, bounded
-request bodies.
+"""Errors as JSON, the same shape from every coordinator app (the guard in guard.py answers
+its own refusals in that shape too).
 
 Runtimes never import each other, so what two coordinators (FLQ service, federated experts)
 both need lives here, below them.
 """
 
-import hmac
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import ThinwireError
@@ -45,57 +43,3 @@ def add_json_errors(app: Any) -> None:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())
         return answer(400, f"bad request: {problems}")
-
-
-def bearer(token: str | None) -> Callable[[Any], None]:
-    """A FastAPI dependency: the request must carry `Authorization: Bearer <token>`
-    (compared in constant time); no token configured means open."""
-    from fastapi import Request  # annotations below are evaluated: FastAPI reads them
-
-    expected = f"Bearer {token}".encode() if token else None
-
-    def check(request: Request) -> None:
-        if expected is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise HttpError(401, "missing or wrong bearer token: send 'Authorization: Bearer "
-                                 "TOKEN' (--token or THINWIRE_TOKEN)")
-
-    return check
-
-
-class BodyLimit:
-    """ASGI middleware: a request body may not pass `limit` bytes, whether it declares its
-    length or streams it; the route sees HttpError(413) before it holds too much."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.limit:
-            await self.refuse(scope, receive, send, declared.decode(errors="replace"))
-            return
-        seen = 0
-
-        async def counted() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HttpError(413, f"request body passes max_request_bytes={self.limit}")
-            return message
-
-        await self.app(scope, counted, send)
-
-    async def refuse(self, scope: dict[str, Any], receive: Any, send: Any,
-                     declared: str) -> None:
-        from fastapi.responses import JSONResponse
-
-        message = f"request body of {declared} bytes exceeds max_request_bytes={self.limit}"
-        await JSONResponse({"error": message, "status": 413}, status_code=413)(
-            scope, receive, send)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import LAQ, CodecSection, TaskSection, build, describe, redefault
+from ..config import LAQ, CodecSection, ServerSection, TaskSection, build, describe, redefault
 from ..config import validate as validate_model
 from ..errors import ConfigError
 
@@ -26,7 +26,7 @@ PRESETS = ("fedavg", "laq8", "bbit", "bin")
 MODES = PRESETS  # the design's name for them
 
 
-class FLQConfig(TaskSection, CodecSection, LAQ):
+class FLQConfig(TaskSection, CodecSection, LAQ, ServerSection):
     """The FLQ service: a coordinator and workers over HTTP."""
 
     # ---- the design's flq_config.json ------------------------------------------------------
@@ -60,13 +60,6 @@ class FLQConfig(TaskSection, CodecSection, LAQ):
     commit_every: int = Field(1, ge=1, description="async: rounds between snapshots "
                                                     "(sync snapshots after every round)")
     eval_every: int = Field(1, ge=1, description="rounds between test evaluations")
-    max_request_bytes: int = Field(256 << 20, ge=1024, description="largest update body")
-    max_json_bytes: int = Field(64 << 10, ge=1024, description="largest body of the JSON "
-                                "endpoints (register, skip, offer, ...)")
-    request_timeout: float = Field(10.0, gt=0, description="seconds for a request's "
-                                   "headers, and the longest silence inside a body")
-    body_min_rate: int = Field(1024, ge=1, description="bytes/s a body must average "
-                               "(after request_timeout) before it is cut off with 408")
     max_registered: int | None = Field(None, ge=1, description="registry size; default "
                                        "4*total_workers+16 (left workers are evicted first)")
     worker_keys: bool = Field(True, description="issue a per-worker key at registration "

@@ -41,9 +41,9 @@ from ..server import add_listen_flags, is_loopback, require_token
 from .admission import ServiceError
 from .config import load_config
 from .core import Coordinator
-from .credentials import KEY_HEADER, Caller
-from .guard import GuardRules, RequestGuard
-from .http11 import with_header_timeout
+from ..server.credentials import KEY_HEADER, Caller
+from ..server.guard import GuardRules, RequestGuard
+from ..server.http11 import server_config as http_config
 from .observe import start_events, stop_events
 from .schemas import OfferIn, RegisterIn, SkipIn
 
@@ -202,12 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 def server_config(app: Any, host: str, port: int, cfg: Any) -> Any:
     """uvicorn settings that bound what one client can hold: header deadline, header size,
     keep-alive, and a connection cap above what the registry's workers need."""
-    import uvicorn
-
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          http=with_header_timeout(cfg.request_timeout),
-                          h11_max_incomplete_event_size=16 << 10, timeout_keep_alive=5,
-                          limit_concurrency=max(128, 2 * cfg.registry_cap() + 64))
+    return http_config(app, host, port, cfg.request_timeout,
+                       max(128, 2 * cfg.registry_cap() + 64))
 
 
 def coordinator_main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from ..wire.model import model_message
 from .config import FLQConfig
 from ..tasks.evaluate import evaluate
 from .admission import ServiceError
-from .credentials import Caller
+from ..server.credentials import Caller
 from .observe import round_event
 from .registry import Registry
 from .results import counters, plot_rounds, progress_line, round_row, write_row

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .admission import ServiceError
-from .credentials import Caller, key_matches, new_key
+from ..server.credentials import Caller, key_matches, new_key
 from .schemas import RegisterIn
 
 EVICTED = "evicted"  # ledger name that evicted workers' byte counts are folded into

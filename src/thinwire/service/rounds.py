@@ -28,7 +28,7 @@ from ..server import admit, check_staleness
 from ..strategy import Contribution, Strategy, apply_delta
 from ..wire import Update
 from .admission import ServiceError, check_header
-from .credentials import Caller
+from ..server.credentials import Caller
 from .schemas import check_record
 
 if TYPE_CHECKING:

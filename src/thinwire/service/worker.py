@@ -28,7 +28,7 @@ from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
 from ..wire import Update
 from .config import WorkerConfig
-from .credentials import KEY_HEADER
+from ..server.credentials import KEY_HEADER
 from .learner import Learner
 from .round_trip import ModelInfo, load_model, read_model, worker_round
 

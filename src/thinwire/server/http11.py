@@ -54,3 +54,16 @@ class HeaderDeadlineH11(H11Protocol):
 def with_header_timeout(seconds: float) -> type[H11Protocol]:
     """The protocol class to pass as uvicorn.Config(http=...)."""
     return type("HeaderDeadlineH11", (HeaderDeadlineH11,), {"header_timeout": seconds})
+
+
+def server_config(app: Any, host: str, port: int, request_timeout: float,
+                  max_connections: int, debug: bool = False) -> Any:
+    """uvicorn settings that bound what one client can hold: a header deadline, header size,
+    keep-alive, and a cap on connections."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port,
+                          log_level="debug" if debug else "warning", access_log=debug,
+                          http=with_header_timeout(request_timeout),
+                          h11_max_incomplete_event_size=16 << 10, timeout_keep_alive=5,
+                          limit_concurrency=max_connections)
