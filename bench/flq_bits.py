@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_mode(mode, args, task, sub, log)
         results.append(res)
         if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(res) + "\n")
     base = next((r for r in results if r["mode"] == "fedavg"), None)
