@@ -105,11 +105,14 @@ class Coordinator(Registry, RoundLogic, Durable):
                               and "delta" in self._cache) else "full"
             if key not in self._cache:
                 self._cache["full"] = self._full_message()
-            body = self._cache[key]
-            announce = ModelAnnounce(version=self.version, round=self.round, done=self.done,
-                                     diffs=list(self.history.diffs),
-                                     model_codec=self.cfg.down_codec if key == "delta" else "")
-            body = model_message(announce, body)
+            framed = f"{key}@round{self.round}"  # the announce changes with round or version
+            if framed not in self._cache:  # (the cache is emptied when the version moves)
+                announce = ModelAnnounce(
+                    version=self.version, round=self.round, done=self.done,
+                    diffs=list(self.history.diffs),
+                    model_codec=self.cfg.down_codec if key == "delta" else "")
+                self._cache[framed] = model_message(announce, self._cache[key])
+            body = self._cache[framed]
             self.ledger.download(wid, 4 * self.numel, len(body))
             headers = {"X-Thinwire-Round": str(self.round),
                        "X-Thinwire-Version": str(self.version),
