@@ -126,6 +126,9 @@ def inject_garbage(run_dir: Path, stop: threading.Event) -> None:
     if stop.is_set():
         return
     address = json.loads((run_dir / "peers.json").read_text())["peers"][0]
+    bound = Path(address.removeprefix("ipc://"))  # connect once node-0 listens, so the
+    while not bound.exists() and not stop.is_set():  # junk lands while it trains
+        time.sleep(0.01)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(address)
     for junk in ([b"junk"], [b"Y" * 54, b"x"], [b"TZ", b"", b""]):
