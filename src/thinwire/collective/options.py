@@ -63,6 +63,14 @@ FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--threads",), {"type": int, "default": 0, "help": "torch threads per rank (0: auto)"}),
     (("--backend",), {"choices": ["auto", "gloo", "nccl"], "default": "auto"}),
     (("--bucket-cap-mb",), {"type": float, "default": 25.0, "help": "DDP bucket size"}),
+    (("--outer-steps",), {"type": int, "default": 0,
+                          "help": "DiLoCo: H local optimizer steps per rank with no gradient "
+                                  "all-reduce, then the pseudo-gradient is averaged through "
+                                  "--comm-compress and an outer Nesterov step applied (0: off, "
+                                  "per-step DDP)"}),
+    (("--outer-lr",), {"type": float, "default": 0.7, "help": "outer step size (DiLoCo: 0.7)"}),
+    (("--outer-momentum",), {"type": float, "default": 0.9,
+                             "help": "outer Nesterov momentum (DiLoCo: 0.9; 0: plain)"}),
     (("--hook-baseline",), {"action": "store_true",
                             "help": "register the thinwire hook for 'none' too (per-op timing)"}),
 ]
@@ -89,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("max_steps", "batch_size", "max_length"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.outer_steps < 0:
+        raise ConfigError("--outer-steps must be >= 0 (0: per-step DDP)")
+    if args.outer_steps and args.fsdp:
+        raise ConfigError("--outer-steps runs each rank on a whole model copy; drop --fsdp")
     if not 0 <= args.val_fraction < 1:
         raise ConfigError("--val-fraction must be in [0, 1)")
     from ..codecs import build

@@ -56,7 +56,8 @@ def init_distributed(backend: str = "auto", threads: int = 0) -> Dist:
 
 def wrap_model(model: torch.nn.Module, args: Any, ctx: Dist
                ) -> tuple[torch.nn.Module, CommHookState | None]:
-    """DDP or FSDP around `model`, with the compression hook unless --comm-compress none."""
+    """DDP or FSDP around `model`, with the compression hook unless --comm-compress none;
+    with --outer-steps the bare model and the state its pseudo-gradient syncs use."""
     from .fsdp import register_fsdp1_hook, register_fsdp2
     from .hooks import register_ddp_hook
     from ..tasks.lm import block_class
@@ -66,6 +67,8 @@ def wrap_model(model: torch.nn.Module, args: Any, ctx: Dist
     opts = {"error_feedback": args.error_feedback, "start_iter": args.start_iter,
             "min_compression_rate": args.min_compression_rate, "int8_mode": args.int8_mode}
     model = model.to(ctx.device)
+    if getattr(args, "outer_steps", 0):  # DiLoCo: no wrapper, the sync owns the state
+        return model, CommHookState(spec, args.comm_config, **{**opts, "start_iter": 0})
     if not args.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

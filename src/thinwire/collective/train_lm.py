@@ -38,6 +38,7 @@ def run_name(args: Any, world: int) -> str:
                                  if args.comm_config else "")
     slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", spec).strip("_")
     parts = [slug, "ef" if args.error_feedback else "",
+             f"H{args.outer_steps}" if args.outer_steps else "",
              f"fsdp{args.fsdp_version}" if args.fsdp else "", f"ws{world}", f"s{args.seed}"]
     return "-".join(p for p in parts if p)
 
@@ -90,6 +91,12 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
     n_params = count_params(raw)
     raw_bytes_per_step = sum(p.numel() * p.element_size() for p in raw.parameters())
     model, state = wrap_model(raw, args, ctx)
+    outer = None
+    if args.outer_steps:
+        from .outer import OuterSync
+
+        outer = OuterSync(model, state, args.outer_steps, args.outer_lr, args.outer_momentum,
+                          bucket_cap_mb=args.bucket_cap_mb)
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay)
@@ -111,11 +118,11 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
         profiler.__enter__()
     metrics = RunMetrics(args.warmup_steps)
     stream = data_mod.batches(train_blocks, args.batch_size, ctx.rank, ctx.world, args.seed)
-    time_to_target = None
+    time_to_target, eval_due = None, False
     model.train()
     for step in range(args.max_steps):
-        diag = bool(state and args.grad_error_every and step >= args.start_iter
-                    and step % args.grad_error_every == 0)
+        diag = bool(state and not outer and args.grad_error_every
+                    and step >= args.start_iter and step % args.grad_error_every == 0)
         if state is not None:
             state.diagnose = diag
         t0 = time.perf_counter()
@@ -129,6 +136,10 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
             metrics.nan_steps += 1
         opt.zero_grad(set_to_none=True)
         sched.step()
+        synced = outer is None
+        if outer is not None and outer.due(step, args.max_steps - 1):
+            outer.sync()
+            synced = True
         loss_value = float(loss.detach())
         seconds = time.perf_counter() - t0
         comm = state.stats.end_step() if state is not None else None
@@ -138,7 +149,9 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
         if writer is not None:
             log_step(writer, step, loss_value, seconds, sched.get_last_lr()[0], comm, state,
                      args)
-        if args.eval_every and (step + 1) % args.eval_every == 0:
+        eval_due = eval_due or bool(args.eval_every and (step + 1) % args.eval_every == 0)
+        if eval_due and synced:  # with local steps: the global model, after its sync
+            eval_due = False
             vl, vp = validation(model, val_blocks, args, ctx)
             if writer is not None:
                 writer.add_scalar("val/loss", vl, step)
@@ -152,9 +165,12 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
     val_loss, val_ppl = validation(model, val_blocks, args, ctx)
     ddp_ms = ddp_comm_ms(model)
     row = build_row(args, ctx, name, metrics, state, n_params, raw_bytes_per_step, val_loss,
-                    val_ppl, time_to_target, ddp_ms)
+                    val_ppl, time_to_target, ddp_ms, outer)
     if not args.no_save:
         save_checkpoint(model, raw, tok, out / "checkpoints" / name, args, ctx, state)
+        if outer is not None:
+            torch.save(outer.state_dict(), out / "checkpoints" / name /
+                       f"outer_state_rank{ctx.rank}.pt")
     if writer is not None:
         writer.add_scalar("val/loss", val_loss, args.max_steps)
         writer.add_scalar("val/ppl", val_ppl, args.max_steps)
@@ -195,11 +211,14 @@ def ddp_comm_ms(model: Any) -> float | None:
 
 def build_row(args: Any, ctx: Dist, name: str, metrics: RunMetrics, state: Any, n_params: int,
               raw_bytes_per_step: int, val_loss: float, val_ppl: float,
-              time_to_target: float | None, ddp_ms: float | None) -> dict[str, Any]:
+              time_to_target: float | None, ddp_ms: float | None,
+              outer: Any = None) -> dict[str, Any]:
     timing = metrics.timing()
     step_ms_total = timing["step_time_ms_mean"] * timing["measured_steps"]
     comm = comm_fields(metrics, step_ms_total, raw_bytes_per_step, ddp_ms,
-                       args.start_iter if state is not None else 0)
+                       args.start_iter if state is not None and outer is None else 0)
+    if outer is not None:
+        comm = outer_fields(comm, raw_bytes_per_step * len(metrics.steps), outer)
     c = metrics.comm()["all"]
     residual_sq = state.residual_norm() ** 2 if state is not None else 0.0
     shared = torch.tensor([metrics.train_loss(), residual_sq, c.get("diag_err_sq", 0.0),
@@ -229,7 +248,11 @@ def build_row(args: Any, ctx: Dist, name: str, metrics: RunMetrics, state: Any, 
                             "min_compression_rate": args.min_compression_rate,
                             "int8_mode": args.int8_mode,
                             "path": state.path if state is not None else "ddp-default",
-                            "fsdp": args.fsdp_version if args.fsdp else 0},
+                            "fsdp": args.fsdp_version if args.fsdp else 0,
+                            **({"outer_steps": args.outer_steps, "outer_lr": args.outer_lr,
+                                "outer_momentum": args.outer_momentum,
+                                "outer_nesterov": args.outer_momentum > 0,
+                                "inner_optimizer": args.optimizer} if outer else {})},
         "seed": args.seed, "steps": args.max_steps, "warmup_steps": args.warmup_steps,
         "optimizer": args.optimizer, "lr": args.lr,
         **timing,
@@ -247,6 +270,19 @@ def build_row(args: Any, ctx: Dist, name: str, metrics: RunMetrics, state: Any, 
         "backend": ctx.backend, "device": str(ctx.device), "torch": torch.__version__,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def outer_fields(comm: dict[str, Any], ddp_bytes: int, outer: Any) -> dict[str, Any]:
+    """With local steps the baseline is what per-step DDP would send over the same steps:
+    compression_ratio compares against it; compression_ratio_sync is the codec's own ratio
+    on one pseudo-gradient."""
+    sync_raw, sent = comm["bytes_raw_total"], comm["bytes_compressed_total"]
+    ratio = ddp_bytes / sent if sent else None
+    return {**comm, "bytes_raw_total": ddp_bytes, "bytes_raw_sync_total": sync_raw,
+            "compression_ratio": ratio, "compression_ratio_total": ratio,
+            "compression_ratio_steady": ratio,
+            "compression_ratio_sync": sync_raw / sent if sent else None,
+            "outer_syncs": outer.syncs, "outer_skipped": outer.skipped}
 
 
 def main(argv: list[str] | None = None) -> int:
