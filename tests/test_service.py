@@ -186,6 +186,31 @@ def test_lossy_downlink_sends_deltas_that_track_the_view(tmp_path):
     assert all(torch.allclose(co.view[n], co.params[n], atol=1e-5) for n in names)
 
 
+def test_sparse_downlink_carries_its_residual_and_stays_bounded(tmp_path):
+    """Server-side error feedback by construction: each delta encodes params - view (what
+    delta-following workers hold), so what top-k drops one round goes out in a later one.
+    Over T rounds the worker's sum of applied deltas tracks the sum of the aggregates."""
+    co = core(tmp_path, total_workers=1, down_codec="topk(ratio=0.1)", max_rounds=40)
+    co.register("a", "s")
+    worker = {t.name: decode(t) for t in parse_model_message(co.pull("a")[0])[1].tensors}
+    names = [n for n in worker if not n.startswith("buffer:")]
+    start = {n: co.params[n].clone() for n in names}
+    gen, gaps = torch.Generator().manual_seed(0), []
+    for v in range(30):
+        step = {n: 1e-2 * torch.randn(worker[n].shape, generator=gen) for n in names}
+        co.push(delta_update("a", v, v + 1, step, base_version=v))
+        body, head = co.pull("a", have=v)
+        assert head["X-Thinwire-Kind"] == "delta"
+        for t in parse_model_message(body)[1].tensors:
+            worker[t.name] = worker[t.name] + decode(t)
+        assert all(worker[n].equal(co.view[n]) for n in names)
+        gaps.append(math.sqrt(sum(float((co.params[n] - worker[n]).pow(2).sum())
+                                  for n in names)))
+    moved = math.sqrt(sum(float((co.params[n] - start[n]).pow(2).sum()) for n in names))
+    assert max(gaps[20:]) < 1.5 * max(gaps[5:15])  # bounded, not growing with T
+    assert gaps[-1] < 0.5 * moved  # the worker followed most of the way
+
+
 # ---- in-process: selection knapsack, lazy rule, config, state -----------------------------
 def core(tmp_path, **over):
     cfg = load_config(None, {"task": "synthetic", "task_args": {"n_samples": 200, "dim": 4},
