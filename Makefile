@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev,data,dashboard]"
+	$(BIN)/pip install -q -e ".[all,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

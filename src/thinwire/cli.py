@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import add_command_flags, config_flags
-from .errors import ThinwireError, run_main
+from .errors import ThinwireError, needs, run_main
 from .obs.dashboard import add_dashboard_flag, open_dashboard
 from .obs.results import result_text
 
@@ -131,6 +131,10 @@ ALTERNATES = {
                ("thinwire.experts.worker", "worker_main")),
     "generate": (("--coordinator-url",), ("thinwire.experts.generate", "generate_main")),
 }
+# the pip extra that a runtime's commands need (pyproject's optional-dependencies)
+EXTRAS = {"thinwire.service": "service", "thinwire.collective": "lm", "thinwire.swarm": "swarm",
+          "thinwire.obs.dashboard": "dashboard", "thinwire.experts": "experts",
+          "thinwire.flower": "flower"}
 PASSTHROUGH_HELP = {
     "coordinator": "FLQ coordinator (HTTP service); --experts: federated-experts coordinator",
     "worker": "FLQ worker; with --specialty/--dataset a federated-experts worker",
@@ -150,7 +154,9 @@ def cmd_passthrough(args: argparse.Namespace) -> int:
     import importlib
 
     module, func = target(args.command, args.rest)
-    return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
+    extra = next((e for prefix, e in EXTRAS.items() if module.startswith(prefix)), None)
+    with needs(extra, f"thinwire {args.command}"):  # a missing extra: one line, exit 2
+        return int(getattr(importlib.import_module(module), func)(args.rest) or 0)
 
 
 def target(command: str, rest: list[str]) -> tuple[str, str]:

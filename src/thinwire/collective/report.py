@@ -64,8 +64,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    from ..obs.plots import plt, save_figure  # matplotlib only when plotting
+    from ..obs.plots import SKIPPED, pyplot, save_figure
 
+    plt = pyplot()
+    if plt is None:
+        print(SKIPPED)
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, r in enumerate(rows):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ThinwireError
+from ..errors import ThinwireError, have
 from ..tasks.lm import (build_model, count_params, evaluate, gpt2_config, load_tokenizer,
                         save_tokenizer, train_tokenizer)
 from ..tasks.lm import text as data_mod
@@ -105,7 +105,9 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args))
     logs = out / "logs" / name
     writer = None
-    if ctx.rank == 0:
+    if ctx.rank == 0 and not have("tensorboard"):
+        print('tensorboard: skipped (pip install "thinwire[tensorboard]")', flush=True)
+    elif ctx.rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(logs / "tensorboard"))

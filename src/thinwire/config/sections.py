@@ -140,6 +140,9 @@ class OutputSection(Strict):
     resume: bool = Field(False, description="continue from the run's checkpoint")
     monitor_every: float = Field(1.0, ge=0, description="seconds between resource samples "
                                  "in events.jsonl (obs/monitor.py); 0 disables")
+    tensorboard: Path | None = Field(None, description="also write loss, accuracy, bytes "
+                                     "and uploads as TensorBoard scalars into PATH/<run> "
+                                     '(pip install "thinwire[tensorboard]")')
 
 
 class ServerSection(Strict):

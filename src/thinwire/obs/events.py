@@ -7,8 +7,9 @@ Every runtime writes the same shape, `{"t": unix time, "run": name, "type": ...,
 - `end`: the run record;
 - `resources`: a monitor sample (obs/monitor.py), about once a second;
 - any event may carry `node` (which process or peer wrote it) and `peers` ({id: state}).
-Tables and plots (`read_events`), TensorBoard (`to_tensorboard`) and the live dashboard read
-these files, so a run is observed the same way while it runs and after.
+Tables and plots (`read_events`), TensorBoard (`TensorBoardSink` live, `to_tensorboard`
+after) and the live dashboard read these files, so a run is observed the same way while it
+runs and after.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+from ..errors import require
 
 EVENTS_FILE = "events.jsonl"
 
@@ -85,18 +88,68 @@ def read_events(path: Path | str, kind: str | None = None) -> Iterator[dict[str,
                 yield event
 
 
-def to_tensorboard(events: Path | str, logdir: Path | str) -> int:
-    """Write the numeric fields of every event as TensorBoard scalars; returns the count."""
-    from torch.utils.tensorboard import SummaryWriter
+# the events that become TensorBoard scalars, and the fields that are their x, not a value
+SCALAR_EVENTS = ("step", "epoch", "round")
+NOT_SCALARS = ("t", "step", "epoch", "round")
 
-    writer, count = SummaryWriter(str(logdir)), 0
+
+def scalars(event: dict[str, Any]) -> Iterator[tuple[str, float, int]]:
+    """(tag, value, x) for each number of a step, epoch or round event: the tag is
+    `type/key` (`node/type/key` when a peer wrote it), x its step, else epoch, else round."""
+    if event.get("type") not in SCALAR_EVENTS:
+        return
+    x = event.get("step", event.get("epoch", event.get("round")))
+    if not isinstance(x, int):
+        return
+    prefix = f"{event['node']}/" if "node" in event else ""
+    for key, value in event.items():
+        if key not in NOT_SCALARS and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            yield f"{prefix}{event['type']}/{key}", value, x
+
+
+class TensorBoardSink:
+    """Writes a run's events as TensorBoard scalars as they happen (loss, accuracy, bytes up
+    and down, uploads sent and skipped, ...): an `EventLog` listener, flushed every epoch or
+    round. Needs the tensorboard package (`thinwire[tensorboard]`)."""
+
+    def __init__(self, logdir: Path | str) -> None:
+        require("tensorboard", "tensorboard", "--tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = Path(logdir)
+        self.writer, self.count = SummaryWriter(str(self.logdir)), 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        for tag, value, x in scalars(event):
+            self.writer.add_scalar(tag, value, x, walltime=event.get("t"))
+            self.count += 1
+        if event.get("type") in ("epoch", "round", "end"):
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def attach_tensorboard(events: EventLog, logdir: Path | str | None) -> TensorBoardSink | None:
+    """`--tensorboard DIR`: stream `events` into `DIR/<run name>` (None: nothing)."""
+    if logdir is None:
+        return None
+    sink = TensorBoardSink(Path(logdir) / events.run)
+    events.listeners.append(sink)
+    return sink
+
+
+def to_tensorboard(events: Path | str, logdir: Path | str) -> int:
+    """Write the scalars of a finished events.jsonl (`scalars`) under `logdir/<run name>`;
+    returns the count."""
+    sinks: dict[str, TensorBoardSink] = {}
     for event in read_events(events):
-        x = event.get("step", event.get("epoch", event.get("round")))
-        if x is None:
-            continue
-        for key, value in event.items():
-            if isinstance(value, (int, float)) and key not in ("t", "step", "epoch", "round"):
-                writer.add_scalar(f"{event['run']}/{event['type']}/{key}", value, x)
-                count += 1
-    writer.close()
-    return count
+        if next(scalars(event), None) is not None:
+            run = str(event.get("run", "run"))
+            if run not in sinks:
+                sinks[run] = TensorBoardSink(Path(logdir) / run)
+            sinks[run](event)
+    for sink in sinks.values():
+        sink.close()
+    return sum(sink.count for sink in sinks.values())

@@ -23,7 +23,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
-import psutil
+try:
+    import psutil
+except ImportError:  # optional (thinwire[dashboard]): no OS network counters without it
+    psutil = None
 
 from .events import EventLog
 from .ledger import LinkLedger
@@ -104,6 +107,8 @@ class Rates:
 
 def _net_bytes() -> tuple[int, int] | None:
     """The machine's bytes sent and received on all interfaces (None where unreadable)."""
+    if psutil is None:
+        return None
     try:
         c = psutil.net_io_counters()
     except Exception:  # noqa: BLE001  some containers hide /proc/net

@@ -1,24 +1,44 @@
 """PNG plots, one module for every runtime: test accuracy against progress (epoch or round)
-and against cumulative wire bytes (log x), one colour and marker per configuration."""
+and against cumulative wire bytes (log x), one colour and marker per configuration.
+
+matplotlib is optional (`thinwire[plots]`, in most extras): without it `plot_accuracy` and
+`plot_runs` write nothing (None, []) and callers print `SKIPPED` once instead of the paths.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+from ..errors import have
+from .results import group_key
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+SKIPPED = 'plots: skipped (no matplotlib: pip install "thinwire[plots]")'
 
-from .results import group_key  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display), or None when not installed."""
+    if not have("matplotlib"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 Point = tuple[float, int, float]  # (epoch or round, cumulative wire bytes, accuracy 0..1)
 
 
 def plot_accuracy(curves: dict[str, list[Point]], path: Path, progress: str = "epoch",
-                  bytes_label: str = "cumulative wire bytes (up + down)") -> Path:
+                  bytes_label: str = "cumulative wire bytes (up + down)") -> Path | None:
     """Left: accuracy vs `progress`; right: accuracy vs bytes. A curve that moved no bytes
-    (centralized) is a dashed reference line on the right."""
+    (centralized) is a dashed reference line on the right. None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    from matplotlib.ticker import NullFormatter
+
     fig, (ax_p, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (label, points) in enumerate(curves.items()):
         if not points:
@@ -33,7 +53,7 @@ def plot_accuracy(curves: dict[str, list[Point]], path: Path, progress: str = "e
     ax_p.set(xlabel=progress, ylabel="test accuracy (%)", title=f"accuracy vs {progress}")
     ax_b.set(xlabel=bytes_label, ylabel="test accuracy (%)", title="accuracy vs bytes",
              xscale="log")
-    ax_b.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_b.xaxis.set_minor_formatter(NullFormatter())
     for ax in (ax_p, ax_b):
         ax.grid(alpha=0.3)
     ax_p.legend(fontsize=8)
@@ -43,7 +63,7 @@ def plot_accuracy(curves: dict[str, list[Point]], path: Path, progress: str = "e
 
 def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
     """The simulator's runs: per-epoch history of each results row, seeds of one
-    configuration in one colour (the first seed labelled)."""
+    configuration in one colour (the first seed labelled); [] without matplotlib."""
     curves: dict[str, list[Point]] = {}
     for row in rows:
         hist = row.get("history") or []
@@ -51,12 +71,13 @@ def plot_runs(rows: list[dict], out_dir: Path) -> list[Path]:
         if label in curves:  # another seed of the same configuration
             label = f"{label} ({row['seed']})"
         curves[label] = [(h["epoch"], h["bytes_wire_cum"], h["test_accuracy"]) for h in hist]
-    return [plot_accuracy(curves, Path(out_dir) / "accuracy.png")]
+    path = plot_accuracy(curves, Path(out_dir) / "accuracy.png")
+    return [path] if path is not None else []
 
 
-def save_figure(fig: "plt.Figure", path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Lay out, write the PNG and free the figure (pyplot keeps every open one alive)."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

@@ -3,7 +3,8 @@
 Runtimes add one sample to their events every epoch or round, and the monitor
 (obs/monitor.py) one every second, so the event stream and the live dashboard show what a run
 cost the machine, not only the wire. GPU figures come from pynvml when a GPU is present and
-are absent otherwise.
+are absent otherwise; RSS and threads come from psutil (`thinwire[dashboard]`) and are absent
+without it, when the CPU % is this process's CPU time over wall time (the same measure).
 """
 
 from __future__ import annotations
@@ -12,17 +13,30 @@ import os
 import time
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ImportError:  # optional: the core install samples CPU time only
+    psutil = None
 
 
 class ResourceMonitor:
     def __init__(self, pid: int | None = None) -> None:
-        self.proc = psutil.Process(pid or os.getpid())
-        self.proc.cpu_percent(None)  # the first call only starts the measurement
+        self.proc = psutil.Process(pid or os.getpid()) if psutil is not None else None
+        if self.proc is not None:
+            self.proc.cpu_percent(None)  # the first call only starts the measurement
         self.started = time.time()
+        self._cpu = (time.process_time(), time.monotonic())
 
     def sample(self) -> dict[str, Any]:
         """cpu % (of one core, since the last sample), RSS bytes, threads, GPU if any."""
+        if self.proc is None:
+            cpu, now = time.process_time(), time.monotonic()
+            busy = 100 * (cpu - self._cpu[0]) / max(now - self._cpu[1], 1e-6)
+            self._cpu = (cpu, now)
+            out = {"cpu_percent": round(busy, 1),
+                   "uptime_s": round(time.time() - self.started, 3)}
+            out.update(_gpu())
+            return out
         with self.proc.oneshot():
             out = {"cpu_percent": self.proc.cpu_percent(None),
                    "rss_bytes": self.proc.memory_info().rss,

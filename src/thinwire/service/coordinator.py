@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ThinwireError
+from ..errors import ThinwireError, require
 from ..obs.dashboard import add_dashboard_flag, open_dashboard
 from ..server import add_listen_flags, is_loopback, require_token
 from .admission import ServiceError
@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--monitor-every", type=float, default=1.0,
                    help="seconds between resource samples in events.jsonl; 0 disables")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write each round's accuracy, loss, bytes and uploads as "
+                        "TensorBoard scalars into DIR/<run> "
+                        '(pip install "thinwire[tensorboard]")')
     add_dashboard_flag(p)
     return p
 
@@ -212,6 +216,8 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_token(args.host, args.token, args.insecure)
     cfg = load_config(args.config, None, args.set)
+    if args.tensorboard is not None:
+        require("tensorboard", "tensorboard", "--tensorboard")
 
     def log(line: str) -> None:
         if not args.quiet:
@@ -230,7 +236,7 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     log(f"listening on http://{args.host}:{args.port} ({cfg.schedule}, mode {cfg.mode}, "
         f"codec {cfg.upload_codec()}, {cfg.total_workers} workers, state {args.state_dir})")
     thread.start()
-    monitor = start_events(core, args.monitor_every)
+    monitor = start_events(core, args.monitor_every, args.tensorboard)
     try:
         with open_dashboard(args.dashboard, [args.state_dir]):
             server.run()

@@ -20,7 +20,7 @@ import torch
 from ..codecs import Encoder, make_codec
 from ..exchange import Receiver, TensorSet, layout_of
 from ..exchange.tensorset import wire_role
-from ..obs.events import EventLog
+from ..obs.events import EventLog, TensorBoardSink
 from ..obs.ledger import LinkLedger
 from ..policy import ModelDiffHistory
 from ..strategy import Strategy
@@ -44,6 +44,7 @@ Tensors = dict[str, torch.Tensor]
 
 class Coordinator(Registry, RoundLogic, Durable):
     events: EventLog | None = None  # set by observe.start_events
+    tensorboard: TensorBoardSink | None = None  # and this, given --tensorboard
 
     def __init__(self, cfg: FLQConfig, state_dir: Path | str, log: Log | None = None,
                  task: Task | None = None) -> None:

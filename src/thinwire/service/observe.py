@@ -3,14 +3,17 @@
 A `round` event per evaluated round (accuracy, loss, cumulative bytes per direction and per
 link, uploads sent and skipped, every worker's state) and, from the resource monitor, a
 `resources` event every second with the bytes per second on each worker's link and the
-workers' states, so peers that go offline or leave show within a second.
+workers' states, so peers that go offline or leave show within a second. `--tensorboard DIR`
+streams the round events into `DIR/<run>` as TensorBoard scalars, flushed every round.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..obs.events import EventLog
+from pathlib import Path
+
+from ..obs.events import EventLog, attach_tensorboard
 from ..obs.monitor import Monitor
 
 
@@ -20,9 +23,11 @@ def peer_states(core: Any) -> dict[str, str]:
         return {w["id"]: w["state"] for w in core.workers.values()}
 
 
-def start_events(core: Any, every: float = 1.0) -> Monitor:
-    """Give the coordinator its event log and start its monitor; `stop_events` ends both."""
+def start_events(core: Any, every: float = 1.0, tensorboard: Path | None = None) -> Monitor:
+    """Give the coordinator its event log (and TensorBoard sink) and start its monitor;
+    `stop_events` ends them."""
     core.events = EventLog(core.store.dir, core.cfg.name())
+    core.tensorboard = attach_tensorboard(core.events, tensorboard)
     return Monitor(core.events, ledger=lambda: core.ledger, every=every, lock=core.lock,
                    extra=lambda: {"peers": peer_states(core)}).start()
 
@@ -32,6 +37,8 @@ def stop_events(core: Any, monitor: Monitor) -> None:
     if core.done:
         core.events.emit("end", round=core.round, version=core.version)
     core.events.close()
+    if core.tensorboard is not None:
+        core.tensorboard.close()
 
 
 def round_event(core: Any, row: dict[str, Any], c: dict[str, Any]) -> None:

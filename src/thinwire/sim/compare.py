@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..obs.plots import plot_runs
+from ..obs.plots import SKIPPED, plot_runs
 from ..obs.results import summary_table
 from ..tasks import load_task
 from .config import RunConfig, validate
@@ -42,5 +42,5 @@ def run_compare(configs: list[RunConfig], out: Path, as_json: bool = False,
     if not as_json:
         echo(summary_table(rows))
         echo(f"results: {out / 'results.jsonl'}")
-        echo("plots: " + ", ".join(str(p) for p in plots))
+        echo("plots: " + ", ".join(str(p) for p in plots) if plots else SKIPPED)
     return rows

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from ..obs.events import EventLog
+from ..obs.events import EventLog, attach_tensorboard
 from ..config.training import run_common, run_extras
+from ..errors import require
 from ..obs.monitor import Monitor
 from ..obs.record import epoch_line, epoch_record, record
 from ..obs.resources import ResourceMonitor
@@ -29,6 +30,8 @@ def stderr_log(line: str) -> None:
 def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = True,
                    log: Log | None = stderr_log) -> dict:
     """Train, evaluate every epoch, append a row to `<out>/results.jsonl`, return the row."""
+    if cfg.tensorboard is not None:  # before anything starts
+        require("tensorboard", "tensorboard", "--tensorboard")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
@@ -40,6 +43,7 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
                   + format_histograms(sim.histograms))
     steps = sim.steps_per_epoch()
     events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50), fresh=not resumed)
+    tensorboard = attach_tensorboard(events, cfg.tensorboard)
     started = time.perf_counter()
     peers = {s.node_id: "alive" for s in sim.senders}  # in-process nodes never leave
     with Monitor(events, ledger=lambda: sim.ledger, every=cfg.monitor_every,
@@ -48,6 +52,8 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
     row = result_row(sim, time.perf_counter() - started)
     events.emit("end", record={k: v for k, v in row.items() if k != "history"})
     events.close()
+    if tensorboard is not None:
+        tensorboard.close()
     append_row(cfg.out / "results.jsonl", row)
     sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
               f"uplink ratio={row['compression_ratio'] or 0:.1f}")

