@@ -93,7 +93,7 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_supernodes: 
     state = factory.state()
     state.run_ids[run_id] = RunRecord(run=run)
     state.task_store[task_id] = Task(task_id=task_id, run_id=run_id)
-    grid = InMemoryGrid(state_factory=factory)
+    grid = InMemoryGrid(state_factory=factory, pull_interval=0.02)
     grid.set_run(run)
 
     config = dict(run.override_config)

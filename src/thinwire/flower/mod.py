@@ -59,9 +59,11 @@ def thinwire_mod(codec: str | None = None, error_feedback: bool | None = None,
     spec; error feedback wraps it when the codec is lossy and `error_feedback`) and decodes
     a compressed downlink. Put it in `ClientApp(mods=[...])`. Left None, both are read per
     message from the run config (`thinwire-codec`, `thinwire-error-feedback`: pyproject's
-    [tool.flwr.app.config] or `flwr run --run-config`); a codec "" or "off" sends plain."""
+    [tool.flwr.app.config] or `flwr run --run-config`); a codec "" or "off" sends plain.
+    Without a setting, error feedback is on where the codec recommends it (topk, qsgd, ...),
+    off for differential codecs such as bin that track their own reference."""
     if codec is not None and codec not in OFF:
-        make_codec(codec, error_feedback is not False)  # a bad spec fails at build time
+        make_codec(codec, bool(error_feedback))  # a bad spec fails at build time
     limits = limits or WireLimits()
 
     def mod(msg: Message, context: Context,
@@ -69,8 +71,10 @@ def thinwire_mod(codec: str | None = None, error_feedback: bool | None = None,
         spec = codec if codec is not None else str(context.run_config.get(CODEC_KEY, ""))
         if not msg.has_content() or (spec in OFF and DOWN_KEY not in msg.content):
             return call_next(msg, context)
-        feedback = (error_feedback if error_feedback is not None
-                    else bool(context.run_config.get(FEEDBACK_KEY, True)))
+        feedback = error_feedback
+        if feedback is None:
+            feedback = bool(context.run_config.get(FEEDBACK_KEY,
+                                                   make_codec(spec).wants_error_feedback))
         state = load_state(context)
         references = receive(msg, state, limits)
         reply = call_next(msg, context)
