@@ -20,7 +20,7 @@ MODES = {  # name: (uplink codec, error feedback, downlink codec)
     "fedavg": ("off", True, "off"),
     "topk+int8 ef": ("topk(ratio=0.01)+int8", True, "off"),
     "bin": ("bin", False, "off"),
-    "topk+int8 ef, down topk(0.05)+int8": ("topk(ratio=0.01)+int8", True,
+    "topk+int8 ef + down topk(0.05)+int8": ("topk(ratio=0.01)+int8", True,
                                            "topk(ratio=0.05)+int8"),
 }
 

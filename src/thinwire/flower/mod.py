@@ -17,7 +17,7 @@ from collections.abc import Callable
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from ..codecs import Encoder, make_codec
-from ..errors import ThinwireError
+from ..errors import ConfigError, ThinwireError
 from ..exchange import Sender, decode_update
 from ..policy.rules import Always
 from ..wire import WireLimits, parse_update, serialize_update
@@ -53,6 +53,18 @@ FEEDBACK_KEY = "thinwire-error-feedback"      # given no codec / error_feedback
 OFF = ("", "off", "plain")
 
 
+def feedback_setting(value: object, spec: str) -> bool:
+    """A run config's error-feedback setting: true/false, or "auto": the codec's advice."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return make_codec(spec).wants_error_feedback
+    if text in ("true", "on", "1", "false", "off", "0"):
+        return text in ("true", "on", "1")
+    raise ConfigError(f"{FEEDBACK_KEY} = {value!r}: use true, false or auto")
+
+
 def thinwire_mod(codec: str | None = None, error_feedback: bool | None = None,
                  limits: WireLimits | None = None) -> Mod:
     """A Flower mod that compresses this client's train replies with `codec` (any thinwire
@@ -60,8 +72,8 @@ def thinwire_mod(codec: str | None = None, error_feedback: bool | None = None,
     a compressed downlink. Put it in `ClientApp(mods=[...])`. Left None, both are read per
     message from the run config (`thinwire-codec`, `thinwire-error-feedback`: pyproject's
     [tool.flwr.app.config] or `flwr run --run-config`); a codec "" or "off" sends plain.
-    Without a setting, error feedback is on where the codec recommends it (topk, qsgd, ...),
-    off for differential codecs such as bin that track their own reference."""
+    By default ("auto") error feedback is on where the codec recommends it (topk, int8, ...),
+    off where it does not (bin, a differential codec, tracks its own reference)."""
     if codec is not None and codec not in OFF:
         make_codec(codec, bool(error_feedback))  # a bad spec fails at build time
     limits = limits or WireLimits()
@@ -73,8 +85,7 @@ def thinwire_mod(codec: str | None = None, error_feedback: bool | None = None,
             return call_next(msg, context)
         feedback = error_feedback
         if feedback is None:
-            feedback = bool(context.run_config.get(FEEDBACK_KEY,
-                                                   make_codec(spec).wants_error_feedback))
+            feedback = feedback_setting(context.run_config.get(FEEDBACK_KEY, "auto"), spec)
         state = load_state(context)
         references = receive(msg, state, limits)
         reply = call_next(msg, context)
