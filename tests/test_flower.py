@@ -184,3 +184,14 @@ def test_flower_app_compressed_downlink(example):
     assert abs(down[0] / run["plain-down"][0] - 1) < 0.01  # round 1: the full model
     assert all(d * 15 < p for d, p in zip(down[1:], run["plain-down"][1:]))
     assert run["accuracy"][-1] > 0.8
+
+
+def test_example_is_a_valid_flower_app():
+    """What `flwr run` checks first: pyproject fields, components that load, the run config."""
+    import tomllib
+
+    from flwr.common.config import validate_config
+
+    config = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=True, project_dir=EXAMPLE)
+    assert ok, errors
