@@ -17,7 +17,7 @@ RANKS = {
     "exchange": 4,
     "strategy": 5,
     "config": 6, "server": 6,
-    "sim": 7, "service": 7, "collective": 7, "swarm": 7, "experts": 7,
+    "sim": 7, "service": 7, "collective": 7, "swarm": 7, "experts": 7, "flower": 7,
     "api": 8, "cli": 8, "__init__": 8, "__main__": 8,
 }
 RUNTIMES = {name for name, rank in RANKS.items() if rank == 7}
