@@ -27,7 +27,8 @@ def test_a_sparsifier_gets_the_defaults_and_the_literal_command_names_them():
         (True, 100, "step", True)
     assert (cfg.down_codec, cfg.down_error_feedback) == (TOPK, True)
     assert cfg.momentum == 0.9  # kept: the nodes apply it, the aggregator runs plain SGD
-    assert set(cfg.auto) == {"pack", "lr_warmup", "lr_schedule", "momentum_correction",
+    assert cfg.lr == 0.1
+    assert set(cfg.auto) == {"pack", "lr", "lr_warmup", "lr_schedule", "momentum_correction",
                              "down_codec", "down_error_feedback"}
     assert cfg.model_fields_set == {"codec", "error_feedback"}  # auto values stay implicit
     assert "-pack-lrstep-mc-" in cfg.name()
@@ -35,15 +36,17 @@ def test_a_sparsifier_gets_the_defaults_and_the_literal_command_names_them():
 
 def test_explicit_flags_win_including_false_and_none():
     cfg = flags("--codec", TOPK, "--error-feedback", "--no-pack", "--down-codec", "none",
-                "--lr-warmup", "0", "--lr-schedule", "constant", "--no-momentum-correction")
-    assert (cfg.pack, cfg.lr_warmup, cfg.lr_schedule, cfg.momentum_correction) == \
-        (False, 0, "constant", False)
+                "--lr-warmup", "0", "--lr-schedule", "constant", "--no-momentum-correction",
+                "--lr", "0.05")
+    assert (cfg.pack, cfg.lr_warmup, cfg.lr_schedule, cfg.momentum_correction, cfg.lr) == \
+        (False, 0, "constant", False, 0.05)
     assert (cfg.down_codec, cfg.down_error_feedback) == ("none", False)
     assert cfg.auto == {}
     mixed = flags("--codec", TOPK, "--error-feedback", "--set", "pack=false",
                   "--no-down-error-feedback")
     assert not mixed.pack and mixed.down_codec == TOPK and not mixed.down_error_feedback
-    assert set(mixed.auto) == {"lr_warmup", "lr_schedule", "momentum_correction", "down_codec"}
+    assert set(mixed.auto) == {"lr", "lr_warmup", "lr_schedule", "momentum_correction",
+                               "down_codec"}
 
 
 def test_no_defaults_for_dense_codecs_and_centralized_runs():
@@ -68,6 +71,15 @@ def test_each_sparsifier_gets_what_fits_it():
         validate({"codec": TOPK, "momentum_correction": True})
 
 
+def test_chosen_values_equal_the_same_values_given():
+    """The literal command is the measured command with every default spelled out."""
+    literal = validate({"codec": TOPK, "error_feedback": True})
+    spelled = validate({"codec": TOPK, "error_feedback": True, "lr": 0.1, "pack": True,
+                        "lr_warmup": 100, "lr_schedule": "step", "momentum_correction": True,
+                        "down_codec": TOPK, "down_error_feedback": True})
+    assert literal.model_dump() == spelled.model_dump() and literal.name() == spelled.name()
+
+
 def test_explicit_keys_rebuild_with_per_codec_defaults():
     base = validate({"codec": "none", "lr_warmup": 7}).explicit({"codec"})
     assert base == {"lr_warmup": 7}
@@ -83,9 +95,10 @@ def test_the_run_header_prints_every_chosen_value_on_one_line(tmp_path):
     header = [ln for ln in "\n".join(lines).splitlines() if ln.startswith("sparsifier")]
     # 100 steps, at most half the first epoch: 100 samples / (2 nodes x 16) = 4 steps
     assert cfg.lr_warmup == 2 and cfg.auto["lr_warmup"] == 2
-    assert header == ["sparsifier defaults: pack, lr warm-up 2, step decay in last epoch, "
-                      "momentum correction on the nodes (aggregator momentum 0), down-codec "
-                      "topk(ratio=0.25)+int8 with server error feedback (set them to override)"]
+    assert header == ["sparsifier defaults: pack, lr 0.1, lr warm-up 2, step decay in last "
+                      "epoch, momentum correction on the nodes (aggregator momentum 0), "
+                      "down-codec topk(ratio=0.25)+int8 with server error feedback (set them "
+                      "to override)"]
     assert row["momentum_correction"] and row["pack"]
     assert row["auto_defaults"] == sorted(cfg.auto)
     assert row["compression_ratio_down"] > 1.5
