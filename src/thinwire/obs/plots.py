@@ -76,15 +76,16 @@ def plot_pareto(points: list[tuple[str, float, float]], front: list[bool], path:
     if off:
         ax.scatter([b for b, _, _ in off], [a for _, a, _ in off], color="0.6", s=30,
                    label="dominated", zorder=2)
-    for b, a, lab in off:
-        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(5, -10), fontsize=7,
-                    color="0.45")
+    # labels alternate below/above their point, so neighbours at similar bytes stay apart
+    for i, (b, a, lab) in enumerate(sorted(off)):
+        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(5, (-11, 5)[i % 2]),
+                    fontsize=7, color="0.45")
     if on:
         ax.plot([b for b, _, _ in on], [a for _, a, _ in on], color="C3", marker="o",
                 markersize=8, linewidth=1.5, label="Pareto front", zorder=3)
-    for b, a, lab in on:
-        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(6, 5), fontsize=9,
-                    color="C3", weight="bold")
+    for i, (b, a, lab) in enumerate(on):
+        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(6, (6, -15)[i % 2]),
+                    fontsize=9, color="C3", weight="bold")
     ax.set(xlabel=bytes_label, ylabel="test accuracy (%)", title=title, xscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.25, y=0.12)  # room for the labels at the edges
