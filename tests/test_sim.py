@@ -82,7 +82,7 @@ PACKED_ACCUMULATING = {"pack": True, "skipped": "accumulate", "lr_schedule": "st
 
 @pytest.mark.parametrize("mode, codec, policy, extra", [
     ("sync", "int8", "laq", {}), ("fedavg", "laq(bits=4)", "always", {}),
-    ("sync", "dgc(ratio=0.1)", "always", {}),
+    ("sync", "dgc(ratio=0.1)", "always", {"lr_milestones": [2]}),  # the sparsifier's step
     ("sync", "topk(ratio=0.1)+int8", "every:3", PACKED_ACCUMULATING)])
 def test_resume_continues_identically(tmp_path, mode, codec, policy, extra):
     common = dict(mode=mode, codec=codec, policy=policy, error_feedback=True, epochs=3,
@@ -167,7 +167,7 @@ def test_pack_sends_one_payload_and_none_codec_matches_unpacked(tmp_path):
     sim_module.serialize_update = recording
     try:
         sparse_plain = run(cfg(tmp_path / "c", codec="topk(ratio=0.05)+int8", error_feedback=True,
-                               epochs=1))
+                               epochs=1, pack=False))
         msgs.clear()
         sparse_packed = run(cfg(tmp_path / "d", codec="topk(ratio=0.05)+int8",
                                 error_feedback=True, epochs=1, pack=True))

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--policies", help="comma list of policies (default: the policy key)")
     cmp.add_argument("--seeds", help="comma list, e.g. 0,1,2 (default: the seed key)")
     cmp.add_argument("--centralized", action="store_true", help="add the centralized baseline")
+    sweep = sub.add_parser("sweep", help="codecs x policies x seeds grid, finished runs "
+                           "reused; Pareto front PNG and bytes-to-target table")
+    add_run_flags(sweep, ("codec",))
+    from .sim.sweep import add_grid_flags
+
+    add_grid_flags(sweep)
     demo = sub.add_parser("demo", help="the main job: 4-node MNIST compare (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--epochs", type=int, default=None)
@@ -73,7 +79,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .sim.config import build_config
 
     cfg = build_config(args.config, config_flags(args), args.set)
-    base = cfg.model_dump(exclude={"codec", "policy", "seed", "centralized"})
+    base = cfg.explicit({"codec", "policy", "seed", "centralized"})  # per-codec defaults
     codecs = [c.strip() for c in split_top_level(args.codecs, ",") if c.strip()]
     policies = [p.strip() for p in (args.policies or cfg.policy).split(",") if p.strip()]
     try:
@@ -82,7 +88,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ThinwireError(f"--seeds {args.seeds!r}: use a comma list of integers") from None
     configs = plan(base, codecs, policies, seeds, args.centralized)
     with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
-        run_compare(configs, Path(base["out"]), args.json, not args.no_progress)
+        run_compare(configs, cfg.out, args.json, not args.no_progress)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sim.sweep import plan_sweep, run_sweep
+
+    grid = {k: getattr(args, k) for k in ("codecs", "policies", "seeds", "target")}
+    configs, target = plan_sweep(args.config, config_flags(args), args.set, grid)
+    with open_dashboard(args.dashboard, [c.out / c.name() for c in configs]):
+        run_sweep(configs, configs[0].out, target, args.json, not args.no_progress)
     return 0
 
 
@@ -166,8 +182,8 @@ def target(command: str, rest: list[str]) -> tuple[str, str]:
     return alternate if alternate and given & set(flags) else PASSTHROUGH[command]
 
 
-COMMANDS = {"run": cmd_run, "compare": cmd_compare, "demo": cmd_demo, "codecs": cmd_codecs,
-            "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "sweep": cmd_sweep, "demo": cmd_demo,
+            "codecs": cmd_codecs, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,9 @@ AnyCodec = Codec | ErrorFeedback
 
 
 def make_codec(spec: str | dict | list | Codec, error_feedback: bool = False,
-               extra: dict[str, Any] | None = None) -> AnyCodec:
-    """Build a codec from a spec, wrapped in error feedback when asked and useful.
+               extra: dict[str, Any] | None = None, momentum: float = 0.0) -> AnyCodec:
+    """Build a codec from a spec, wrapped in error feedback when asked and useful
+    (`momentum` > 0: with DGC's momentum correction, see feedback.py).
 
     Lossless codecs and codecs with their own residual (dgc, bbit) are left unwrapped.
     """
@@ -31,7 +32,7 @@ def make_codec(spec: str | dict | list | Codec, error_feedback: bool = False,
         problem = codec.feedback_problem()
         if problem:
             raise ConfigError(f"error feedback around '{codec.spec()}': {problem}")
-        return ErrorFeedback(codec)
+        return ErrorFeedback(codec, momentum)
     return codec
 
 

@@ -17,6 +17,9 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, ValidationError,
 from ..errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+# a bool key's `json_schema_extra` when a runtime may choose it for the user: its flag gets a
+# `--no-` form, so an explicit false can win over the chosen true
+NEGATABLE = {"negatable": True}
 
 
 class Strict(BaseModel):

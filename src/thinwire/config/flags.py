@@ -105,7 +105,8 @@ def add_flag(group: argparse._ArgumentGroup, flag: Flag) -> None:
     kind = plain_type(flag.info.annotation)
     kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "help": help_text(flag.info)}
     if kind is bool:
-        on = flag.info.default is True
+        extra = flag.info.json_schema_extra
+        on = flag.info.default is True or (isinstance(extra, dict) and extra.get("negatable"))
         kwargs["action"] = argparse.BooleanOptionalAction if on else "store_true"
     elif get_origin(kind) is Literal:
         kwargs["metavar"] = "{" + ",".join(str(a) for a in get_args(kind)) + "}"

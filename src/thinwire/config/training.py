@@ -18,7 +18,7 @@ from ..codecs import Encoder, make_codec
 from ..exchange import Sender
 from ..exchange.link import LinkModel
 from ..policy import ModelDiffHistory, SendPolicy, make_policy
-from .base import Strict
+from .base import NEGATABLE, Strict
 from .sections import (CodecSection, LinkSection, OutputSection, PolicySection, StrategySection,
                        TaskSection)
 
@@ -50,7 +50,7 @@ class TrainSection(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay")
     pack: bool = Field(False, description="one flat tensor per message: one payload, "
-                       "global top-k, no per-tensor metadata")
+                       "global top-k, no per-tensor metadata", json_schema_extra=NEGATABLE)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads "
                                 "(default: torch's)")
 
@@ -87,7 +87,7 @@ class TrainingConfig(TaskSection, CodecSection, PolicySection, StrategySection, 
         """The run's name (its folder under `out`): `run_name`, else built from the settings."""
         return self.run_name or self.built_name()
 
-    def built_name(self, down_error_feedback: bool = False) -> str:
+    def built_name(self, down_error_feedback: bool = False, tags: str = "") -> str:
         from ..codecs import build
 
         ef = "+ef" if self.error_feedback and build(self.codec).lossy else ""
@@ -100,7 +100,7 @@ class TrainingConfig(TaskSection, CodecSection, PolicySection, StrategySection, 
             (f"H{self.local_steps}-outer{self.outer_lr:g}m{self.outer_momentum:g}",
              self.mode == "fedavg" and (self.outer_lr, self.outer_momentum) != (1.0, 0.0)))
             if on)
-        return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}-s{self.seed}"
+        return f"{self.mode}-{self.codec}{ef}-{self.policy}{extras}{tags}-s{self.seed}"
 
 
 def lr_at(cfg: TrainSection, step: int, steps_per_epoch: int) -> float:
@@ -137,12 +137,14 @@ def policy_alpha(cfg: TrainingConfig, lr: float) -> float:
     return (lr if cfg.mode == "sync" else 1.0) / cfg.nodes
 
 
-def make_sender(cfg: TrainingConfig, node_id: str, history: ModelDiffHistory) -> Sender:
-    """A node's Sender: the config's codec (with error feedback if asked) and policy."""
+def make_sender(cfg: TrainingConfig, node_id: str, history: ModelDiffHistory,
+                momentum: float = 0.0) -> Sender:
+    """A node's Sender: the config's codec (with error feedback if asked; `momentum` > 0:
+    with momentum correction on the node) and policy."""
     policy = make_policy(cfg.policy, cfg.communication.model_dump(), cfg.laq.model_dump(),
                          history, alpha=policy_alpha(cfg, cfg.lr), workers=cfg.nodes)
-    return Sender(node_id, Encoder(make_codec(cfg.codec, cfg.error_feedback)), policy,
-                  accumulate=cfg.skipped == "accumulate")
+    codec = make_codec(cfg.codec, cfg.error_feedback, momentum=momentum)
+    return Sender(node_id, Encoder(codec), policy, accumulate=cfg.skipped == "accumulate")
 
 
 def set_step_lr(cfg: TrainingConfig, lr: float, optimizer, policies: list[SendPolicy]) -> None:

@@ -81,3 +81,35 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path
+
+
+def plot_pareto(points: list[tuple[str, float, float]], front: list[bool], path: Path,
+                bytes_label: str = "total wire bytes (up + down)",
+                title: str = "accuracy vs bytes: Pareto front") -> Path:
+    """(label, bytes, accuracy 0..1) points on a log-x plot: the front's points marked,
+    labelled and joined in order of bytes; the others grey with small grey labels."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    merged: dict[tuple[float, float, bool], list[str]] = {}
+    for (lab, b, a), f in zip(points, front):  # coincident points share one label
+        merged.setdefault((b, 100 * a, f), []).append(lab)
+    on = sorted((b, a, " / ".join(labs)) for (b, a, f), labs in merged.items() if f)
+    off = [(b, a, " / ".join(labs)) for (b, a, f), labs in merged.items() if not f]
+    if off:
+        ax.scatter([b for b, _, _ in off], [a for _, a, _ in off], color="0.6", s=30,
+                   label="dominated", zorder=2)
+    # labels alternate below/above their point, so neighbours at similar bytes stay apart
+    for i, (b, a, lab) in enumerate(sorted(off)):
+        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(5, (-11, 5)[i % 2]),
+                    fontsize=7, color="0.45")
+    if on:
+        ax.plot([b for b, _, _ in on], [a for _, a, _ in on], color="C3", marker="o",
+                markersize=8, linewidth=1.5, label="Pareto front", zorder=3)
+    for i, (b, a, lab) in enumerate(on):
+        ax.annotate(lab, (b, a), textcoords="offset points", xytext=(6, (6, -15)[i % 2]),
+                    fontsize=9, color="C3", weight="bold")
+    ax.set(xlabel=bytes_label, ylabel="test accuracy (%)", title=title, xscale="log")
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.25, y=0.12)  # room for the labels at the edges
+    ax.legend(fontsize=8, loc="lower right")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, Path(path))

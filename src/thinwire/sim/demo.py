@@ -15,12 +15,14 @@ def demo_configs(out: Path, epochs: int | None, data_dir: Path | None) -> list:
     base = {"task": "mnist", "data_dir": data_dir, "nodes": 4, "split": "iid", "mode": "sync",
             "epochs": epochs or DEMO_EPOCHS, "batch_size": 32, "lr": 0.05, "out": out,
             "checkpoint_every": 0, "seed": 0, "pack": True, "lr_schedule": "step",
-            "lr_warmup": 32}
+            "lr_warmup": 32, "momentum_correction": False}
+    # every setting is explicit, so the sparsifier defaults (sim/defaults.py) change nothing
     return [
         validate({**base, "centralized": True}),
         validate({**base, "codec": "none"}),
         validate({**base, "codec": "int8", "error_feedback": True}),
-        validate({**base, "codec": "topk(ratio=0.01)+int8", "error_feedback": True}),
+        validate({**base, "codec": "topk(ratio=0.01)+int8", "error_feedback": True,
+                  "down_codec": "none"}),
         # both directions: the broadcast compressed too, with the server's own residual
         validate({**base, "codec": "topk(ratio=0.01)+int8", "error_feedback": True,
                   "down_codec": "topk(ratio=0.01)+int8", "down_error_feedback": True}),

@@ -18,6 +18,8 @@ from ..obs.resources import ResourceMonitor
 from ..obs.results import append_row
 from ..tasks import Task, format_histograms, load_task
 from .config import RunConfig
+from .defaults import describe as describe_defaults
+from .defaults import hint
 from .sim import Simulation
 
 Log = Callable[[str], None]
@@ -40,6 +42,7 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
     if not resumed:
         sim.write(f"run {cfg.name()}: {len(sim.nodes)} node(s), split {cfg.split}, "
                   f"codec {cfg.codec}, policy {cfg.policy}\n"
+                  + "".join(line + "\n" for line in header_lines(cfg))
                   + format_histograms(sim.histograms))
     steps = sim.steps_per_epoch()
     events = EventLog(sim.run_dir, cfg.name(), every=max(1, steps // 50), fresh=not resumed)
@@ -58,6 +61,12 @@ def run_experiment(cfg: RunConfig, task: Task | None = None, progress: bool = Tr
     sim.write(f"done: test_accuracy={row['test_accuracy']:.4f} wire={row['bytes_wire_total']} "
               f"uplink ratio={row['compression_ratio'] or 0:.1f}")
     return row
+
+
+def header_lines(cfg: RunConfig) -> list[str]:
+    """The chosen sparsifier defaults and a missing-error-feedback hint, if any."""
+    lines = [describe_defaults(cfg.auto)] if cfg.auto else []
+    return lines + [h for h in (hint(cfg.__dict__),) if h]
 
 
 def train(sim: Simulation, events: EventLog, steps: int, progress: bool) -> None:
@@ -113,4 +122,5 @@ def result_row(sim: Simulation, elapsed: float) -> dict:
     return record("sim", common, sim.ledger.totals(),
                   **run_extras(cfg, sim.records, sim.step, sim.ledger.wire_total, sim.comm_time,
                                sim.compute_time, elapsed, sim.samples),
-                  history=sim.records)
+                  momentum_correction=cfg.momentum_correction,
+                  auto_defaults=sorted(cfg.auto), history=sim.records)

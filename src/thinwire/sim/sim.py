@@ -30,6 +30,7 @@ from ..tasks.stream import ShardStream
 from ..wire import Update, serialize_update
 from .batched import VmapGrads
 from .config import RunConfig
+from .defaults import settle_warmup
 
 Tensors = dict[str, torch.Tensor]
 
@@ -48,7 +49,10 @@ class Simulation:
         self.model = build_model(cfg.model or task.model, task.num_classes, task.in_shape)
         self.params = dict((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
         self.buffers = {n: b for n, b in self.model.named_buffers() if b.is_floating_point()}
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        # momentum correction: the nodes keep the momentum, the aggregator steps plain SGD
+        node_momentum = cfg.momentum if cfg.momentum_correction else 0.0
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr,
+                                   momentum=cfg.momentum - node_momentum,
                                    weight_decay=cfg.weight_decay)
         n_nodes = 1 if cfg.centralized else cfg.nodes
         # centralized: one node with the global batch, so steps and samples per step match
@@ -58,7 +62,8 @@ class Simulation:
         self.histograms = class_histograms(task.train_y, parts, task.num_classes)
         self.history = ModelDiffHistory(cfg.laq.depth)
         self.nodes = [ShardStream(i, part, cfg.seed) for i, part in enumerate(parts)]
-        self.senders = [make_sender(cfg, f"node-{i}", self.history) for i in range(len(parts))]
+        self.senders = [make_sender(cfg, f"node-{i}", self.history, node_momentum)
+                        for i in range(len(parts))]
         self.packing = Packing(self.params, cfg.pack)
         self.transport = MemoryTransport()
         self.receiver, self.down_receiver = Receiver(), Receiver()
@@ -76,6 +81,7 @@ class Simulation:
         self.samples = 0
         self.records: list[dict] = []
         self.train_losses: list[float] = []
+        settle_warmup(cfg, self.steps_per_epoch())
 
     def write(self, line: str) -> None:
         self._log_file.write(line + "\n")
