@@ -2,7 +2,8 @@
 # Issue 5: the 2-rank LM runs with each rank in its own network namespace, joined by a veth
 # pair shaped to 100 Mbit/s (tbf, both directions), and the step-time ratio compressed / none.
 # Root only. Creates namespaces tw0/tw1 (10.77.0.1/2) and removes them on exit (trap).
-# Usage: sudo bench/netns_collective.sh     (env: STEPS=30 RATE=100mbit OUT=runs/bench_netns)
+# Usage: sudo bench/netns_collective.sh     (env: STEPS=30 RATE=100mbit OUT=runs/bench_netns
+#        METHODS="none topk powersgd diloco" OUTER_STEPS=40)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (ip netns, tc)" >&2; exit 1; }
@@ -54,13 +55,22 @@ pair() {  # one run: rank 0 in tw0, rank 1 in tw1
 }
 grep -v '"run_name": "prepare"' "$OUT/results.jsonl" > "$OUT/results.tmp" || true
 mv "$OUT/results.tmp" "$OUT/results.jsonl"
-pair "netns-none" --comm-compress none
-pair "netns-topk-int8-ef" --comm-compress 'topk(ratio=0.01)+int8' --error-feedback
-pair "netns-powersgd4-ef" --comm-compress 'powersgd(rank=4)' --error-feedback
+METHODS=${METHODS:-"none topk powersgd"}  # and/or diloco (H=$OUTER_STEPS, int8)
+OUTER_STEPS=${OUTER_STEPS:-40}
+for m in $METHODS; do
+  case $m in
+    none) pair "netns-none" --comm-compress none ;;
+    topk) pair "netns-topk-int8-ef" --comm-compress 'topk(ratio=0.01)+int8' --error-feedback ;;
+    powersgd) pair "netns-powersgd4-ef" --comm-compress 'powersgd(rank=4)' --error-feedback ;;
+    diloco) pair "netns-diloco-int8-H$OUTER_STEPS" --comm-compress int8 \
+              --outer-steps "$OUTER_STEPS" ;;
+    *) echo "unknown method $m (none topk powersgd diloco)" >&2; exit 2 ;;
+  esac
+done
 "$PY" - "$OUT/results.jsonl" "$RATE" <<'PYEOF'
 import json, sys
 rows = {r["run_name"]: r for r in map(json.loads, open(sys.argv[1])) if r["run_name"].startswith("netns")}
-base = rows["netns-none"]["step_time_ms_mean"]
+base = rows["netns-none"]["step_time_ms_mean"] if "netns-none" in rows else float("nan")
 print(f"link {sys.argv[2]} (tbf), 2 ranks in two network namespaces")
 for name, r in rows.items():
     print(f"{name:22s} step {r['step_time_ms_mean']:8.0f} ms (p90 {r['step_time_ms_p90']:.0f})"

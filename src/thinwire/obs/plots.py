@@ -85,9 +85,13 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def plot_pareto(points: list[tuple[str, float, float]], front: list[bool], path: Path,
                 bytes_label: str = "total wire bytes (up + down)",
-                title: str = "accuracy vs bytes: Pareto front") -> Path:
+                title: str = "accuracy vs bytes: Pareto front") -> Path | None:
     """(label, bytes, accuracy 0..1) points on a log-x plot: the front's points marked,
-    labelled and joined in order of bytes; the others grey with small grey labels."""
+    labelled and joined in order of bytes; the others grey with small grey labels. None
+    without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
     merged: dict[tuple[float, float, bool], list[str]] = {}
     for (lab, b, a), f in zip(points, front):  # coincident points share one label

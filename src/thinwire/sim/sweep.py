@@ -91,7 +91,7 @@ def finished(out: Path) -> dict[str, dict]:
 def run_sweep(configs: list[RunConfig], out: Path, target: float, as_json: bool = False,
               progress: bool = True, echo: Callable[[str], None] = print) -> list[dict]:
     """Run the grid (reusing finished runs), then write pareto.png and sweep.md."""
-    from ..obs.plots import plot_pareto  # matplotlib: only when a sweep runs
+    from ..obs.plots import plot_pareto
 
     done = finished(out)
     todo = [c for c in configs if c.name() not in done]
@@ -121,7 +121,8 @@ def run_sweep(configs: list[RunConfig], out: Path, target: float, as_json: bool 
             echo(json.dumps(s))
     else:
         echo(format_table(table_lines(summary, target)))
-    echo(f"table: {table}\nplot: {png}\nresults: {Path(out) / 'results.jsonl'}")
+    plot = png if png is not None else 'skipped (no matplotlib: pip install "thinwire[plots]")'
+    echo(f"table: {table}\nplot: {plot}\nresults: {Path(out) / 'results.jsonl'}")
     return rows
 
 
