@@ -91,8 +91,9 @@ class OuterSync:
         return finite
 
     def state_dict(self) -> dict:
+        """The anchor and outer momentum (the hook state is checkpointed on its own)."""
         return {"anchor": [a.clone() for a in self.anchor], "outer": self.outer.state_dict(),
-                "syncs": self.syncs, "skipped": self.skipped, "hook": self.state.state_dict()}
+                "syncs": self.syncs, "skipped": self.skipped}
 
 
 def split_views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
