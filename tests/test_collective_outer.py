@@ -147,3 +147,4 @@ def test_train_lm_outer_row(tmp_path):
     # H = 3 and int8: ~12x fewer bytes than per-step DDP, ~4x on each sync
     assert 11 < row["compression_ratio"] <= 12 and 3.8 < row["compression_ratio_sync"] <= 4
     assert math.isfinite(row["val_ppl"]) and row["time_to_target_ppl_s"] is not None
+    assert "hint: 2 outer steps with outer momentum 0.9" in proc.stdout  # DiLoCo's defaults
