@@ -148,3 +148,17 @@ def test_train_lm_outer_row(tmp_path):
     assert 11 < row["compression_ratio"] <= 12 and 3.8 < row["compression_ratio_sync"] <= 4
     assert math.isfinite(row["val_ppl"]) and row["time_to_target_ppl_s"] is not None
     assert "hint: 2 outer steps with outer momentum 0.9" in proc.stdout  # DiLoCo's defaults
+
+
+def test_outer_flags_refuse_what_cannot_run(tmp_path):
+    from thinwire.collective.options import parse_args
+    from thinwire.errors import ConfigError
+
+    text = tmp_path / "t.txt"
+    text.write_text("a small corpus\n")
+    for bad, says in ((["--outer-steps", "-1"], ">= 0"), (["--outer-steps", "5", "--fsdp"],
+                                                          "drop --fsdp")):
+        with pytest.raises(ConfigError, match=says):
+            parse_args(["--data", str(text), *bad])
+    with pytest.raises(ValueError, match=">= 1"):
+        OuterSync(_mlp(), CommHookState("none"), 0)
