@@ -1,12 +1,14 @@
 """Collective runtime (issue 5): DDP and FSDP hooks on 2 gloo processes, payload packing.
 
-Heavy work runs once per module in spawned workers (2 CPU processes, 127.0.0.1, free ports);
+Heavy work runs once per module in spawned workers (2 CPU processes meeting through a file);
 the parametrized tests then check what they recorded against references computed here.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +21,6 @@ from codec_cases import EXAMPLES
 from thinwire.codecs import Decoder, Encoder, build, make_codec
 from thinwire.codecs.payload import Payload
 from thinwire.collective.packing import buffers_of, pack, unpack, with_buffers
-from thinwire.collective.runtime import free_port
 from thinwire.collective.communicators import communicator_for, offset_seeds
 from thinwire.collective.state import CommHookState
 from thinwire.errors import CodecError
@@ -42,21 +43,26 @@ FSDP_CASES = ["none", "fp16", "int8", "topk(ratio=0.2)+int8", "sketch(ratio=0.25
 
 # ---- spawning -----------------------------------------------------------------------------
 def spawn(fn, *args, timeout: float = 240.0) -> None:
-    """Run fn(rank, port, *args) on 2 processes; fail (and kill them) instead of hanging."""
-    ctx = mp.start_processes(fn, args=(free_port(), *args), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"workers did not finish in {timeout:.0f} s (deadlock?)")
+    """Run fn(rank, init, *args) on 2 processes; fail (and kill them) instead of hanging.
+    The ranks meet through a fresh file, not a port picked in advance: another test's
+    processes (xdist runs modules side by side) could take that port before rank 0 binds it."""
+    folder = tempfile.mkdtemp(prefix="tw-pg-")
+    try:
+        ctx = mp.start_processes(fn, args=(f"{folder}/rendezvous", *args), nprocs=2,
+                                 join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"workers did not finish in {timeout:.0f} s (deadlock?)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def _init(rank: int, port: int) -> None:
+def _init(rank: int, init: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
 
 
 def _mlp() -> torch.nn.Module:
@@ -93,8 +99,8 @@ def _step(model, rank: int, step: int, poison: bool = False) -> None:
     model.zero_grad()
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
-    _init(rank, port)
+def _ddp_worker(rank: int, init: str, out: str) -> None:
+    _init(rank, init)
     result: dict = {"cases": {}, "nan": {}}
     for key, (spec, opts) in DDP_CASES.items():
         records: list = []
@@ -328,8 +334,8 @@ def _fsdp_model(version: int, spec: str | None):
     return model, state
 
 
-def _fsdp_worker(rank: int, port: int, out: str) -> None:
-    _init(rank, port)
+def _fsdp_worker(rank: int, init: str, out: str) -> None:
+    _init(rank, init)
     ids = [torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(s * 2 + rank))
            for s in range(2)]
     result = {}

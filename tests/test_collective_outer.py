@@ -69,8 +69,8 @@ def _outer(spec: str, h: int, lr: float, momentum: float, inner: str, steps: int
             "syncs": sync.syncs, "buckets": len(sync.buckets), "path": state.path}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    _init(rank, port)
+def _worker(rank: int, init: str, out: str) -> None:
+    _init(rank, init)
     result = {"ddp": _ddp_sgd(),
               "h1": _outer("none", 1, 1.0, 0.0, "sgd", STEPS),
               "none": _outer("none", 3, 0.7, 0.9, "adamw", 9),
