@@ -7,9 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinwire.codecs import Decoder, Encoder, bits, decode, make_codec, sign
+from thinwire.codecs import Decoder, Encoder, bits, decode, make_codec, rounding, sign
 from thinwire.codecs.sign import lut_decode, pack_codes, unpack_codes
-from thinwire.codecs.stochastic import uniform_1_2
 from thinwire.errors import CodecError, ConfigError, WireError
 from thinwire.wire import parse_payload, to_bytes
 
@@ -123,19 +122,17 @@ def test_unbiased_within_a_tolerance_derived_from_the_variance(spec):
     assert int((ys.var(0) > 0).sum()) >= 20
 
 
-@pytest.mark.parametrize("resolution", [23, 16])
-def test_uniform_noise_is_uniform_on_its_grid(resolution):
+def test_uniform_noise_is_uniform_on_its_grid():
     n = 200_000
-    u = uniform_1_2(n, torch.Generator().manual_seed(5), torch.device("cpu"), resolution)
-    u = u.double() - 1
+    first, key = torch.tensor(5, dtype=torch.int32), rounding.split_key(99, torch.device("cpu"))
+    u = rounding.uniform(first, n, key, torch.zeros(1)).double()
     assert float(u.min()) >= 0 and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / n)  # unbiased, to 5 sigma
     assert abs(float(u.var()) - 1 / 12) < 0.01
     hist = torch.histc(u.float(), bins=16, min=0, max=1)
     assert float((hist - n / 16).abs().max()) < 5 * math.sqrt(n / 16)
-    steps = u * 2 ** resolution  # on the grid (16 bits: centred, k + 1/2)
-    offset = 0.0 if resolution == 23 else 0.5
-    assert torch.equal(steps - steps.floor(), torch.full_like(steps, offset))
+    steps = u * 2 ** 23  # on the 2**-23 grid
+    assert torch.equal(steps - steps.floor(), torch.zeros_like(steps))
 
 
 def test_seeds_change_the_draws_and_are_reproducible():

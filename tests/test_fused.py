@@ -10,9 +10,10 @@ import warnings
 import pytest
 import torch
 
-from thinwire.codecs import decode, fused, kernels, make_codec
+from thinwire.codecs import decode, fused, kernels, make_codec, rounding
 
-COVERED = {"none", "fp16", "bf16", "int8"}
+COVERED = {"none", "fp16", "bf16", "int8", "qsgd", "nc", "terngrad", "laq", "bbit", "dgc",
+           "sketch"}
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit:DeprecationWarning")
 N = 4099  # odd, not a multiple of 8, 32 or the block size: exercises every tail path
 BLOCK = 64
@@ -128,6 +129,106 @@ def test_codecs_identical_with_and_without_fusion(spec):
         y = decode(p)
     assert p.scalars == ref.scalars and all(map(same, p.buffers, ref.buffers))
     assert same(y, ref_y)
+
+
+def keyed(lo=0, key=0x12345678):
+    return torch.tensor(lo, dtype=torch.int32), rounding.split_key(key, torch.device("cpu"))
+
+
+def test_stochastic_rounding_kernels(on):
+    x = sample()
+    first, key = keyed(17)
+    codes = check(rounding.qsgd_codes, x, first, key, torch.tensor(16 / float(x.norm())), 16)
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 32
+    check(rounding.qsgd_codes, x, first, key, torch.tensor(1e31, dtype=torch.float64), 3)
+    tern = check(rounding.terngrad_codes, x, first, key, x.abs().max())
+    assert set(tern.unique().tolist()) <= {0, 1, 3} and tern[2] == 1 and tern[3] == 3
+    top, base = torch.tensor(254), torch.tensor(21)
+    nc, low = check(rounding.nc_codes, x, first, key, top, base)
+    assert not bool(low) and nc[0] == 128 and nc[1] == 0  # -0.0 keeps its sign, 0 stays 0
+    for stochastic in (False, True):
+        levels = check(rounding.grid_codes, x, first, key, torch.tensor(7.5 / 70000), 4,
+                       stochastic)
+        assert levels.dtype == torch.float32 and 0 <= float(levels.min()) <= 15
+
+
+def test_noise_is_uniform_and_fresh_per_key():
+    """The hash noise passes a chi-square test on 64 bins, and two keys (steps) or two
+    neighbouring elements are uncorrelated: what stochastic rounding's unbiasedness needs."""
+    n = 1 << 20
+    first, key = keyed()
+    u = rounding.uniform(first, n, key, torch.zeros(1))
+    counts = torch.histc(u, 64, 0, 1)
+    chi2 = float(((counts - n / 64) ** 2 / (n / 64)).sum())
+    assert chi2 < 120, chi2  # 63 dof: p < 1e-5 above ~115
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    v = rounding.uniform(first, n, keyed(key=0x12345679)[1], torch.zeros(1))
+    for a, b in ((u, v), (u[1:], u[:-1])):
+        corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+        assert abs(corr) < 5 / n ** 0.5, corr
+    # the draw of element i does not depend on where the slice starts
+    assert torch.equal(rounding.uniform(torch.tensor(1000, dtype=torch.int32), 10, key, u),
+                       u[1000:1010])
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_nc_rounds_values_far_below_the_largest_the_same_on_both_paths(fuse):
+    """Values 2**-128 of the largest fall below nc's base exponent; they go to 0 or to the
+    smallest power, unbiased, with the same draws whether or not the kernel is compiled."""
+    x = torch.full((4000,), 3e-33)  # biased exponent 18; base is 21 below a max of 1e6
+    x[0] = 1e6
+    with fused.forced(fuse, min_numel=1000):
+        y = decode(make_codec("nc(seed=3)").encode(x))
+    with fused.forced(not fuse, min_numel=1000):
+        assert torch.equal(y, decode(make_codec("nc(seed=3)").encode(x)))
+    small = y[1:]
+    assert set(small.unique().tolist()) == {0.0, float(small.max())}  # 0 or 2**(base - 127)
+    assert abs(float(small.mean()) / 3e-33 - 1) < 0.15  # ~970 of 3999 round up
+
+
+def test_dgc_accumulate_and_sketch_estimate(on):
+    from thinwire.codecs.sketch import median_plan
+
+    x = sample()
+    u, v = sample(seed=1), sample(seed=2)
+    mask = torch.zeros(N, dtype=torch.bool)
+    bits = torch.tensor(0x3F000000, dtype=torch.int32)  # |v| >= 0.5
+    got = check(kernels.dgc_accumulate, x, u, v, torch.tensor(0.9), bits, mask)
+    assert torch.equal(got, v.abs() >= 0.5) and got.any() and not got.all()
+    gen = torch.Generator().manual_seed(3)
+    for rows in (5, 4):  # odd: a comparator picks the median; even: the mean of the middle two
+        vals = [torch.randn(N, generator=gen) for _ in range(rows)]
+        out = check(kernels.median_into, torch.zeros(N), vals, median_plan(rows), N)
+        want = torch.stack(vals).sort(0).values
+        mid = want[rows // 2] if rows % 2 else (want[rows // 2 - 1] + want[rows // 2]) * 0.5
+        assert torch.equal(out, mid)
+
+
+@pytest.mark.parametrize("spec", ["qsgd(levels=16)", "qsgd(levels=3,seed=4)", "terngrad", "nc",
+                                  "laq(bits=4)", "bbit(bits=4,seed=2)", "bbit(bits=3)",
+                                  "dgc(ratio=0.05)", "dgc(ratio=0.05)+int8", "dgc(ratio=1)",
+                                  "sketch(ratio=0.2)", "sketch(rows=4,ratio=0.2)"])
+def test_stochastic_codecs_identical_with_and_without_fusion(spec):
+    """Three steps of one codec state: payloads, decodes and the state (accumulators,
+    LAQ statistics)."""
+    x = sample()
+    runs = []
+    for mode in (False, True):
+        with fused.forced(mode, min_numel=1000):
+            codec, state = make_codec(spec), {}
+            payloads = [codec.encode(x * (1 + 0.25 * i), state) for i in range(3)]
+            codec_out, slot = make_codec(spec), {}
+            runs.append((payloads, state, [codec_out.decode(p, slot) for p in payloads]))
+    (ref, ref_state, ref_y), (got, got_state, got_y) = runs
+    for p, q in zip(got, ref):
+        assert p.scalars == q.scalars and all(map(same, p.buffers, q.buffers))
+        assert [(t.codec, t.params) for t in p.parts] == [(t.codec, t.params) for t in q.parts]
+        assert all(same(a, b) for t, r in zip(p.parts, q.parts)
+                   for a, b in zip(t.buffers, r.buffers))
+    assert all(torch.equal(a, b) for a, b in zip(got_y, ref_y))  # sketch: +-0 may differ
+    for k, v in ref_state.items():
+        assert same(got_state[k], v) if isinstance(v, torch.Tensor) else got_state[k] == v
+    assert fused.status()["compiled"]
 
 
 def test_compile_failure_falls_back_with_one_warning(monkeypatch):

@@ -16,28 +16,29 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CodecError
-from . import fused
+from . import fused, rounding
 from .base import Codec, Slot
 from .bits import packed_len
 from .payload import Payload
 from .registry import register
 from .sign import Lut, expect_layout, pack_codes, pack_into, require_finite, spans
-from .stochastic import make_generator, uniform_1_2
+from .stochastic import next_key
 
 
-def grid_levels(d: torch.Tensor, radius: float, bits: int,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
+def grid_levels(d: torch.Tensor, radius: float, bits: int, first: int = 0,
+                key: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 integer levels in 0..2^b-1 of d on the grid -R + 2*tau*R*k, tau = 1/(2^b - 1):
-    floor((d + R) / (2 tau R) + 1/2), or + u with `noise` = u + 1 in [1, 2) (unbiased)."""
+    floor((d + R) / (2 tau R) + u), u = 1/2, or uniform noise keyed by `key` (unbiased).
+    d[0] is element `first` of its tensor (the noise is a hash of the element's index)."""
     top = (1 << bits) - 1
     inv = top / (2.0 * radius) if radius > 0 else 0.0  # 1 / (2 tau R)
-    if inv > 1e30:  # R near fp32 underflow: 1/R would overflow, scale in fp64 (rare)
-        d, noise = d.double(), (noise.double() if noise is not None else None)
-    if noise is None:
-        t = torch.mul(d, inv).add_(top / 2 + 0.5)  # (d + R) * inv = d * inv + top / 2
-    else:
-        t = noise.add_(d, alpha=inv).add_(top / 2 - 1)
-    return t.floor_().clamp_(0, top).float()
+    wide = torch.float64 if inv > 1e30 else torch.float32  # R near fp32 underflow (rare)
+    inv_t = torch.tensor(inv, dtype=wide, device=d.device)
+    first_t = torch.tensor(first % (1 << 31), dtype=torch.int32, device=d.device)
+    stochastic = key is not None
+    if key is None:
+        key = torch.zeros((), dtype=torch.int32, device=d.device)
+    return rounding.grid_codes(d, first_t, key, inv_t, bits, stochastic)
 
 
 def grid_values(levels: torch.Tensor, radius: float, bits: int) -> torch.Tensor:
@@ -87,12 +88,12 @@ class Differential(Codec):
 
         parts = [self._reduce(diff(lo, hi)) for lo, hi in spans(n, dev)]
         scalar = self._scalar(x, parts, n)
-        gen = self._generator(state, dev)
+        key = self._key(state, dev)
         out = torch.empty(packed_len(n, self.bits), dtype=torch.uint8, device=dev)
         sums = torch.zeros(2, dtype=torch.float64, device=dev)  # ||Q(v)||^2, ||v - Q(v)||^2
         for lo, hi in spans(n, dev):  # state changes only now, after the checks
             d = diff(lo, hi, into_residual=True)
-            codes, q = self._quantize(d, scalar, gen)
+            codes, q = self._quantize(d, scalar, lo, key)
             pack_into(out, codes, lo, self.bits)
             ref[lo:hi].add_(q)
             err = d.sub_(q)  # for bbit: the new residual, in place
@@ -106,7 +107,8 @@ class Differential(Codec):
                              "state slot (thinwire.codecs.Encoder owns one per tensor name)")
         return state
 
-    def _generator(self, state: Slot, device: torch.device) -> torch.Generator | None:
+    def _key(self, state: Slot, device: torch.device) -> torch.Tensor | None:
+        """Noise key of this encode (stochastic codecs), None for deterministic rounding."""
         return None
 
     def _reduce(self, d: torch.Tensor) -> torch.Tensor:
@@ -117,9 +119,10 @@ class Differential(Codec):
         """The fp32 scalar sent on the wire, from the partial statistics."""
         raise NotImplementedError
 
-    def _quantize(self, d: torch.Tensor, scalar: float,
-                  gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 codes of one slice of v and their fp32 values Q(v) (do not modify d)."""
+    def _quantize(self, d: torch.Tensor, scalar: float, first: int,
+                  key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 codes of one slice of v (starting at element `first`) and their fp32
+        values Q(v) (do not modify d)."""
         raise NotImplementedError
 
     # ---- receiver -----------------------------------------------------------------------
@@ -197,12 +200,9 @@ class _Grid(Differential):
             raise CodecError(f"{self.name}: x - reference overflows fp32; reset the codec state")
         return float(radius)
 
-    def _quantize(self, d: torch.Tensor, scalar: float,
-                  gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        # bbit's rounding needs no fp32-exact unbiasedness (its residual absorbs a bias of
-        # at most 2^-17 step): 16-bit noise halves the random draws, its largest cost
-        noise = uniform_1_2(d.numel(), gen, d.device, 16) if gen is not None else None
-        levels = grid_levels(d, scalar, self.bits, noise)
+    def _quantize(self, d: torch.Tensor, scalar: float, first: int,
+                  key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        levels = grid_levels(d, scalar, self.bits, first, key)
         return levels.to(torch.uint8), grid_values(levels, scalar, self.bits)
 
     def _lut(self, scalar: float, device: torch.device) -> Lut:
@@ -231,8 +231,8 @@ class BBit(_Grid):
     own_feedback = True
     Params = BBitParams
 
-    def _generator(self, state: Slot, device: torch.device) -> torch.Generator | None:
-        return make_generator(self.params.seed, state, device)
+    def _key(self, state: Slot, device: torch.device) -> torch.Tensor | None:
+        return next_key(self.params.seed, state, device)
 
 
 @register
@@ -250,8 +250,8 @@ class Bin(Differential):
         require_finite(self.name, x, total)
         return float((total / max(n, 1)).float())
 
-    def _quantize(self, d: torch.Tensor, scalar: float,
-                  gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantize(self, d: torch.Tensor, scalar: float, first: int,
+                  key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         neg = torch.lt(d, 0).view(torch.uint8)
         # the receiver's table on the packed bits: exactly +-mean on both sides
         return neg, self._lut(scalar, d.device).chunk(pack_codes(neg, 1), 0, d.numel())

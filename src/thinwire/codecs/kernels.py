@@ -1,4 +1,5 @@
-"""Hot loops of the dense, int8 and sign codecs, in one place so they can be fused.
+"""Hot loops of the dense, int8 and sign codecs, DGC's accumulation and the sketch's
+estimate, in one place so they can be fused (the stochastic rounding ones are in `rounding`).
 
 Each function body here is the pure-torch reference. The `@fusable` ones dispatch to a compiled
 twin built by `thinwire.codecs.fused` for large CPU tensors; the twin is compiled from the same
@@ -206,3 +207,39 @@ def _unpack_bytes(packed: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) ->
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(1) >> shifts) & 1
     return torch.where(bits.bool(), neg, pos).reshape(-1)
+
+
+@fusable
+def dgc_accumulate(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, momentum: torch.Tensor,
+                   bits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DGC's pass, in place: u = x + momentum * u, v = v + u, mask = (|v| as magnitude bits
+    >= bits). One read of x, u, v and one write of u, v, mask once compiled (three eager
+    passes). Multiply then add, as two ops, so eager and compiled round alike."""
+    u_new = x + u * momentum
+    v_new = v + u_new
+    u.copy_(u_new)
+    v.copy_(v_new)
+    return mask.copy_((v_new.view(torch.int32) & 0x7FFFFFFF) >= bits)
+
+
+def median_values(vals: list[torch.Tensor], plan: tuple[tuple[int, int, bool, bool], ...]
+                  ) -> torch.Tensor:
+    """Elementwise median of equal-shaped tensors through a comparator `plan`
+    (`sketch.median_plan`); functional, so it compiles to one loop."""
+    v, mid = list(vals), len(vals) // 2
+    for i, j, lo, hi in plan:
+        a, b = v[i], v[j]
+        if lo:
+            v[i] = torch.minimum(a, b)
+        if hi:
+            v[j] = torch.maximum(a, b)
+    return (v[mid - 1] + v[mid]) * 0.5 if len(v) % 2 == 0 else v[mid]
+
+
+@fusable(work=lambda out, vals, plan, whole: whole)
+def median_into(out: torch.Tensor, vals: list[torch.Tensor],
+                plan: tuple[tuple[int, int, bool, bool], ...], whole: int) -> torch.Tensor:
+    """out = the elementwise median of `vals` (`median_values`), one loop once compiled.
+    `whole`, the size of the tensor being decoded, is what the fused policy looks at: the
+    sketch calls this on cache-sized chunks of it."""
+    return out.copy_(median_values(vals, plan))

@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CodecError
+from . import fused, kernels
 from .base import Codec, Slot, raise_non_finite
 from .payload import Payload
 from .registry import register
@@ -153,7 +154,10 @@ class Sketch(Codec):
     def estimate(table: torch.Tensor, hashes: list, n: int) -> torch.Tensor:
         """Median over rows of sign * table[row, bucket], chunk by chunk in reused buffers.
 
-        Chunks of GRAIN elements keep the work in cache and reuse the buffers; at 2^17 each op
+        For large CPU tensors the median runs as one compiled loop per chunk
+        (`kernels.median_into`, the same comparators). (A single compiled loop gathering
+        from the table per element measured 3.6x slower than these row copies.) Chunks of
+        GRAIN elements keep the work in cache and reuse the buffers; at 2^17 each op
         is large enough for torch's intra-op threads (measured at 10M on 2 idle cores:
         decode 5.8% of memcpy vs 4.7% with serial 2^15 chunks, which suit a loaded machine).
         """
@@ -161,6 +165,7 @@ class Sketch(Codec):
         for r, (width, groups, slot) in enumerate(hashes):
             half = table[r, : groups * width].view(groups, width)
             rows.append((torch.cat([half, -half]), width, slot))
+        compiled = fused.wanted(table, n)
         widest = max((w for _, w, _ in rows), default=1)
         chunk = max(1024, GRAIN - 2 * widest)
         est = torch.empty(n, dtype=torch.float32, device=table.device)
@@ -173,7 +178,10 @@ class Sketch(Codec):
                 torch.index_select(ext, 0, slot[b0:b1], out=buf[: (b1 - b0) * width].view(
                     b1 - b0, width))
                 vals.append(buf[start - b0 * width: stop - b0 * width])
-            median_of(vals, est[start:stop], work[-1][: stop - start])
+            if compiled:
+                kernels.median_into(est[start:stop], vals, median_plan(len(vals)), n)
+            else:
+                median_of(vals, est[start:stop], work[-1][: stop - start])
         return est
 
     def check(self, payload: Payload) -> None:

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import CodecError, ConfigError
-from . import index
+from . import index, kernels
 from .base import Codec, Slot, raise_non_finite
 from .payload import Payload
 from .registry import lookup, register
@@ -345,23 +345,34 @@ class DGC(_Sparse):
             raise CodecError(f"dgc state holds {u.numel()} elements but the tensor has {n}; "
                              "use one Encoder slot per tensor name")
         u, v = u.to(flat.device), v.to(flat.device)
-        torch.add(flat, u, alpha=self.params.momentum, out=u)  # u = m*u + x
-        v += u                                                  # v = v + u
         step = state.get("step", 0)
-        idx = self._select(v, count_for(n, self.params.ratio, None), step)
+        idx = self._accumulate_and_select(flat, u, v, count_for(n, self.params.ratio, None),
+                                          step)
         payload, recon = self._send(x, idx, v[idx], state)
         v[idx] -= recon.float()  # what the receiver did not get stays accumulated
         u[idx] = 0.0             # momentum factor masking
         state.update(u=u, v=v, step=step + 1)
         return payload
 
-    def _select(self, v: torch.Tensor, k: int, step: int) -> torch.Tensor:
-        """Threshold from a sample of |v| at the target ratio; trim to k if > 1.3k pass."""
+    def _accumulate_and_select(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                               k: int, step: int) -> torch.Tensor:
+        """u = m*u + x, v += u, then the indices whose |v| reaches a threshold sampled at the
+        target ratio (trimmed to k if > 1.3k pass). The sample is taken first, from the
+        updated values at the sampled positions (the same elementwise arithmetic), so the
+        update and the compare run as one pass (`kernels.dgc_accumulate`)."""
         n = v.numel()
         samples = min(n, max(1, math.ceil(self.params.sample_ratio * n)))
+        momentum = torch.tensor(self.params.momentum, dtype=torch.float32, device=v.device)
+        mask = torch.empty(n + (-n) % 8, dtype=torch.bool, device=v.device)
+        mask[n:] = False
         if k >= n or samples >= n:
+            kernels.dgc_accumulate(x, u, v, momentum, torch.tensor(0x7FFFFFFF), mask[:n])
             return topk_indices(v, k)
         pos = torch.randint(0, n, (samples,), generator=torch.Generator().manual_seed(step))
-        ranked = magnitude_bits(v[pos.to(v.device)]).sort(descending=True).values
-        cand = select_ge(v, int(ranked[min(samples, max(1, round(k * samples / n))) - 1]))
+        pos = pos.to(v.device)
+        sampled = v[pos] + (x[pos] + u[pos] * momentum)
+        ranked = magnitude_bits(sampled).sort(descending=True).values
+        bits = ranked[min(samples, max(1, round(k * samples / n))) - 1].to(torch.int32)
+        kernels.dgc_accumulate(x, u, v, momentum, bits, mask[:n])
+        cand = sparse_nonzero(mask)
         return exact_among(v, cand, k) if cand.numel() > 1.3 * k else cand
