@@ -358,3 +358,56 @@ def test_charts_hold_every_run_and_grow_in_chromium(tmp_path):
             proc.wait()
         log.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_swarm_peers_feed_the_charts_in_chromium(tmp_path):
+    """A live `thinwire swarm --dashboard`: points from both peer processes, and they grow."""
+    need_chromium()
+    port, out = free_port(), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "thinwire.cli", "swarm", "--nodes", "2", "--transport", "ipc",
+           "--task", "synthetic", "--set", "task_args={n_samples: 6000, dim: 8}",
+           "--epochs", "2", "--batch-size", "4", "--threads", "1", "--checkpoint-every", "0",
+           "--monitor-every", "0.5", "--out", str(out), "--no-progress",
+           "--dashboard", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    log = open(tmp_path / "swarm.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url, profile = f"http://127.0.0.1:{port}/", Path(tempfile.mkdtemp())
+    driver = None
+    try:
+        wait_for(lambda: responds(url), 90, "the dashboard", proc)
+        driver = chromium(profile)
+        driver.get(url)
+
+        def nodes(chart: str) -> dict[str, int]:
+            """Points per peer in one chart of the run (series 'RUN/NODE ...', 'RUN NODE')."""
+            series = driver.execute_script("return window.thinwire.state()")["charts"][chart]
+            out: dict[str, int] = {}
+            for name, count in series.items():
+                node = re.search(r"node-\d+", name)
+                if node:
+                    out[node.group()] = out.get(node.group(), 0) + count
+            return out
+
+        both = wait_for(lambda: len(c := nodes("cpu")) == 2 and all(c.values()) and c, 120,
+                        "resource points from both peers", proc)
+        wait_for(lambda: all(nodes("cpu")[n] > k for n, k in both.items()), 60,
+                 "both peers' points to grow", proc)
+        state = driver.execute_script("return window.thinwire.state()")
+        assert state["connected"] and len(state["runs"]) == 1
+        (run,) = state["runs"]
+        assert run.startswith("swarm-") and state["charts"]["loss"]
+        peers = re.compile(re.escape(run) + r": .*node-0 .*node-1|" + re.escape(run)
+                           + r": .*node-1 .*node-0")
+        wait_for(lambda: peers.search(driver.find_element("id", "peers").text), 20,
+                 "both peers in the peer list")
+        assert proc.wait(timeout=180) == 0, (tmp_path / "swarm.log").read_text()[-3000:]
+    finally:
+        if driver is not None:
+            driver.quit()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(profile, ignore_errors=True)
