@@ -101,7 +101,7 @@ def lm_run(tmp_path_factory, small_text):
            "--max-steps", "6", "--warmup-steps", "2", "--comm_compress", "topk",
            "--comm_config_json", '{"ratio": 0.05}', "--error-feedback",
            "--grad-error-every", "2", "--target-ppl", "1e9", "--eval-every", "3",
-           "--profile", "--profile-steps", "2", "--run-name", "e2e"]
+           "--profile", "--profile-steps", "2", "--run-name", "e2e", "--monitor-every", "0.2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,6 +134,26 @@ def test_profile_tensorboard_and_checkpoint_are_written(lm_run):
     ckpt = out / "checkpoints" / "e2e"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "comm_state_rank1.pt"):
         assert (ckpt / name).exists(), name
+
+
+def test_every_rank_streams_steps_and_resource_samples_for_the_dashboard(lm_run):
+    from thinwire.obs.dashboard import RunIndex
+    from thinwire.obs.events import read_events
+
+    out, _, _ = lm_run
+    folder = out / "logs" / "e2e"
+    steps = list(read_events(folder, "step"))
+    for rank in ("rank-0", "rank-1"):
+        mine = [e for e in steps if e["node"] == rank]
+        assert [e["step"] for e in mine] == list(range(6)), rank
+        sent = [e["bytes_up_wire"] for e in mine]
+        assert sent == sorted(sent) and sent[-1] > 0 and all(e["train_loss"] > 0 for e in mine)
+    samples = list(read_events(folder, "resources"))
+    assert {s["node"] for s in samples} == {"rank-0", "rank-1"}
+    assert all(s["rss_bytes"] > 0 for s in samples)
+    (end,) = read_events(folder, "end")
+    assert end["record"]["run_name"] == "e2e"
+    assert list(RunIndex([folder]).runs()) == ["e2e"]
 
 
 def test_validate_ppl_is_exp_of_the_mean_token_loss(lm_run, capsys):

@@ -62,6 +62,11 @@ FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--no-save",), {"action": "store_true", "help": "skip the final checkpoint"}),
     (("--threads",), {"type": int, "default": 0, "help": "torch threads per rank (0: auto)"}),
     (("--backend",), {"choices": ["auto", "gloo", "nccl"], "default": "auto"}),
+    (("--monitor-every",), {"type": float, "default": 1.0,
+                            "help": "seconds between each rank's resource samples in "
+                                    "logs/<run>/events.jsonl (0: off)"}),
+    (("--dashboard",), {"default": None, "metavar": "[HOST:]PORT",
+                        "help": "rank 0 serves the live dashboard (thinwire dashboard)"}),
     (("--bucket-cap-mb",), {"type": float, "default": 25.0, "help": "DDP bucket size"}),
     (("--outer-steps",), {"type": int, "default": 0,
                           "help": "DiLoCo: H local optimizer steps per rank with no gradient "

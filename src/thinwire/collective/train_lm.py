@@ -27,6 +27,7 @@ from ..tasks.lm import (build_model, count_params, evaluate, gpt2_config, load_t
 from ..tasks.lm import text as data_mod
 from .comm import diag_summary
 from .metrics import RunMetrics, comm_fields, mem_peak_gb
+from .observe import RankEvents, observed
 from .options import parse_args
 from .runtime import Dist, clip_and_check, init_distributed, save_checkpoint, wrap_model
 
@@ -75,6 +76,16 @@ def validation(model: torch.nn.Module, blocks: torch.Tensor, args: Any,
 
 
 def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
+    """The run, with every rank's events and monitor (and rank 0's dashboard) around it."""
+    name = run_name(args, ctx.world)
+    with observed(Path(args.out) / "logs" / name, name, ctx, args.monitor_every,
+                  args.max_steps, args.dashboard) as events:
+        row = train_observed(args, ctx, events)
+        events.end(row)
+    return row
+
+
+def train_observed(args: Any, ctx: Dist, events: RankEvents) -> dict[str, Any] | None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -150,6 +161,7 @@ def train(args: Any, ctx: Dist) -> dict[str, Any] | None:
         metrics.record(step, seconds, loss_value, comm, excluded=diag)
         if profiler is not None:
             profiler.step()
+        events.step(step, loss_value, seconds, sched.get_last_lr()[0], comm)
         if writer is not None:
             log_step(writer, step, loss_value, seconds, sched.get_last_lr()[0], comm, state,
                      args)
