@@ -39,6 +39,7 @@ from thinwire.tasks.lm.sft import encode_rows, heldout_loss, read_rows
 from thinwire.tasks.lm.tuning import (QWEN2_ATTENTION, QWEN2_MLP, FFALora, FullTuning,
                                       specialty_seed)
 from thinwire.tasks.lm.weights import model_from_weights
+from thinwire.wire.control import Register
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruct"
 SPECIALTIES = ("python_expert", "sql_expert", "docs_expert")
@@ -91,10 +92,10 @@ def train_experts(args: argparse.Namespace, base_dir: Path, train: dict[str, lis
         base, wid = load_base(base_dir), f"{spec}-1"
         link = LocalLink(co, wid)
         prompts = [r["prompt"] for r in train[spec]]
-        conf = link.register({"worker_id": wid, "session": "bench", "specialty": spec,
-                              "base": base.fingerprint, "count": len(prompts),
-                              "centroid": centroid(base.model, base.tokenizer,
-                                                   prompts).tolist()})["config"]
+        conf = link.register(Register(wid, "bench", spec, base=base.fingerprint,
+                                      count=len(prompts),
+                                      centroid=centroid(base.model, base.tokenizer,
+                                                        prompts).tolist()))["config"]
         wargs = argparse.Namespace(max_length=args.max_length, lr=args.lr,
                                    batch_size=args.batch_size, seed=0, speed_factor=1.0,
                                    worker_id=wid, out=None, specialty=spec)

@@ -89,9 +89,11 @@ class Coordinator:
             self.proc.terminate()
             self.proc.wait(timeout=30)
 
-    def call(self, method: str, path: str, token: str = TOKEN, **kw) -> httpx.Response:
+    def call(self, method: str, path: str, token: str = TOKEN, headers: dict | None = None,
+             **kw) -> httpx.Response:
         return httpx.request(method, self.url + path, timeout=60,
-                             headers={"Authorization": f"Bearer {token}"}, **kw)
+                             headers={"Authorization": f"Bearer {token}", **(headers or {})},
+                             **kw)
 
     def get(self, path: str, **kw):
         r = self.call("GET", path, **kw)

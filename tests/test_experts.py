@@ -19,6 +19,7 @@ from thinwire.tasks.lm.pretrained import load_base, unique_state
 from thinwire.tasks.lm.qwen import make_tiny_base
 from thinwire.tasks.lm.sft import encode_rows, heldout_loss, read_rows
 from thinwire.tasks.lm.weights import load_weights, model_from_weights
+from thinwire.wire.control import Register, serialize
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="instruct data not found")
 
@@ -70,10 +71,10 @@ def test_ffa_lora_aggregate_is_the_mean_of_dense_updates(world):
         base = copy.deepcopy(loaded)
         link = LocalLink(co, f"u{i}")
         prompts = [r["prompt"] for r in rows]
-        conf = link.register({"worker_id": f"u{i}", "session": "s", "specialty": "py",
-                              "base": base.fingerprint, "count": len(prompts),
-                              "centroid": centroid(base.model, base.tokenizer, prompts).tolist()
-                              })["config"]
+        conf = link.register(Register(f"u{i}", "s", "py", base=base.fingerprint,
+                                      count=len(prompts), centroid=centroid(
+                                          base.model, base.tokenizer, prompts).tolist()
+                                      ))["config"]
         args = argparse.Namespace(max_length=128, lr=1e-2, batch_size=4, seed=i,
                                   speed_factor=1.0, worker_id=f"u{i}", out=None,
                                   specialty="py")
@@ -259,6 +260,38 @@ def test_bad_updates_are_refused_clearly(world):
     r = co.call("POST", "/v1/updates", content=upload("nobody", zeros, 1, 0))
     assert r.status_code == 404 and "not registered" in r.json()["error"]
     assert co.get("/v1/status")["experts"]["probe_expert"]["version"] == 0
+
+
+def test_protobuf_registration_is_json_registration(world):
+    """Workers register with a protobuf Register; JSON (curl) does the same; other types get
+    415, malformed protobuf 400 (the coordinator goes on), and the token comes first."""
+    co, base = world["co"], load_base(world["base"])
+    hello = Register("probe-p", "probe", "probe3_expert", {"pid": "7"}, base=base.fingerprint,
+                     centroid=[1e3] * base.model.config.hidden_size, count=1)
+
+    def post(msg, token=TOKEN):
+        return co.call("POST", "/v1/workers", token, content=serialize(msg),
+                       headers={"Content-Type": "application/x-protobuf"})
+
+    by_json = register(co, "probe-j", "probe3_expert", capabilities={"pid": 7})
+    by_proto = post(hello)
+    assert by_json.status_code == by_proto.status_code == 200, by_proto.text
+    drop = ("worker_id", "gateway_version")  # the gateway moves while the workers train
+    assert {k: v for k, v in by_json.json().items() if k not in drop} == \
+        {k: v for k, v in by_proto.json().items() if k not in drop}
+    workers = {w["id"]: w for w in co.get("/v1/status")["workers"]}
+    assert workers["probe-p"]["specialty"] == workers["probe-j"]["specialty"] == "probe3_expert"
+    short = post(Register("probe-s", "probe", "probe3_expert", base=base.fingerprint,
+                          centroid=[1.0], count=1))
+    assert short.status_code == 400 and "centroid" in short.json()["error"]
+    r = co.call("POST", "/v1/workers", content=b"\xff\xff", headers={
+        "Content-Type": "application/x-protobuf"})
+    assert r.status_code == 400 and "malformed" in r.json()["error"]
+    assert co.call("GET", "/v1/health").status_code == 200
+    r = co.call("POST", "/v1/workers", content=serialize(hello), headers={
+        "Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/x-protobuf" in r.json()["error"]
+    assert post(hello, token="wrong").status_code == 401
 
 
 def test_kill9_keeps_acknowledged_updates(world):

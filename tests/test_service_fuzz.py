@@ -1,5 +1,6 @@
 """Fuzz a live coordinator process for a few seconds: structured requests (hypothesis picks
-the generator's choices, and builds JSON bodies of its own), then plain random ones. Every
+the generator's choices, and builds JSON and protobuf control bodies of its own), then plain
+random ones. Every
 answer must be < 500 and come within 2 s; RSS stays bounded; the model never changes (no
 round can close); kill -9 and a restart work afterwards. bench/fuzz_service.py runs longer."""
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from service_harness import TOKEN, services  # noqa: F401  (fixture)
 from thinwire.service.fuzz import Probe
 from thinwire.service.fuzz_check import FUZZ_SETS, FuzzSession, Report
+from thinwire.wire import thinwire_pb2 as pb
 
 FAST = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -23,6 +25,17 @@ FIELDS = st.fixed_dictionaries({}, optional={
     "session": st.text(max_size=200), "specialty": JSON, "round": JSON, "reason": JSON,
     "capabilities": st.dictionaries(st.text(max_size=70), JSON, max_size=6) | JSON,
     "score": JSON, "bits": JSON})
+IDS = st.sampled_from(["f0", "f1", "victim", "w1\n", ""]) | st.text(max_size=70)
+TEXT, U64 = st.text(max_size=70), st.integers(0, 2**64 - 1)
+VERSION = st.sampled_from([1, 1, 1, 0, 2])
+PROTO = st.one_of(
+    st.builds(pb.Register, schema_version=VERSION, worker_id=IDS, session=TEXT, specialty=TEXT,
+              capabilities=st.dictionaries(TEXT, st.text(max_size=300), max_size=40),
+              base=TEXT, centroid=st.lists(st.floats(width=32), max_size=4), count=U64),
+    st.builds(pb.Skip, schema_version=VERSION, worker_id=IDS, round=U64, reason=TEXT),
+    st.builds(pb.Offer, schema_version=VERSION, worker_id=IDS, round=U64, score=st.floats(),
+              bits=U64))
+PATHS = st.sampled_from(["/v1/workers", "/v1/skips", "/v1/offers"])
 
 
 def test_fuzz_live_coordinator(tmp_path, services):
@@ -42,8 +55,7 @@ def test_fuzz_live_coordinator(tmp_path, services):
             session.fuzzer.rng = own
 
     @FAST
-    @given(body=FIELDS, path=st.sampled_from(["/v1/workers", "/v1/skips", "/v1/offers"]),
-           wid=st.sampled_from(["f0", "f1", "victim"]))
+    @given(body=FIELDS, path=PATHS, wid=st.sampled_from(["f0", "f1", "victim"]))
     def json_bodies(body, path, wid):
         key = session.fuzzer.keys.get(wid, "nope")
         probe = Probe("json", "POST", path, json.dumps(body).encode(),
@@ -51,8 +63,18 @@ def test_fuzz_live_coordinator(tmp_path, services):
                                "X-Thinwire-Worker-Key": key})
         session.send(probe, report)
 
+    @FAST
+    @given(msg=PROTO, path=PATHS)
+    def proto_bodies(msg, path):
+        key = session.fuzzer.keys.get(msg.worker_id, "nope")
+        probe = Probe("proto", "POST", path, msg.SerializeToString(),
+                      headers={"Content-Type": "application/x-protobuf",
+                               "X-Thinwire-Worker-Key": key})
+        session.send(probe, report)
+
     structured()
     json_bodies()
+    proto_bodies()
     plain = session.run(requests=100_000, seconds=8)
     session.check_model(report)
     summary = {**plain.summary(), "hypothesis": report.summary()}

@@ -24,6 +24,8 @@ MESSAGES = [
     c.ResourceReport("w-1", time=1.7e9, cpu_percent=150.0, rss_bytes=1 << 30, gpu_util=87.5,
                      links=[c.LinkBytes("coordinator", 10, 20), c.LinkBytes("peer-2", 3, 4)]),
     c.ResourceReport("cpu-node", time=1.0),
+    c.Register("py-1", session="s", specialty="python_expert", base="qwen2:abc123",
+               centroid=[0.5, -1.25, 0.0], count=40, capabilities={"pid": "12"}),
 ]
 
 
@@ -70,6 +72,10 @@ BAD = [
     (pb.Register(schema_version=1, worker_id="w", capabilities={f"k{i}": "v" for i in range(2000)}),
      "max_metrics"),
     (pb.Register(schema_version=1, worker_id="w", capabilities={"k": "v" * 5000}), "max_string"),
+    (pb.Register(schema_version=1, worker_id="w", centroid=[0.0] * 70_000), "max_centroid"),
+    (pb.Register(schema_version=1, worker_id="w", centroid=[1.0, math.nan]), "centroid"),
+    (pb.Register(schema_version=1, worker_id="w", centroid=[math.inf]), "centroid"),
+    (pb.Register(schema_version=1, worker_id="w", base="b" * 5000), "max_string"),
     (pb.Skip(schema_version=1, worker_id="w", reason="r" * 5000), "max_string"),
     (pb.Offer(schema_version=1, worker_id="w", score=math.nan), "score"),
     (pb.Offer(schema_version=1, worker_id="w", score=math.inf), "score"),

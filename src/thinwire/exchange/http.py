@@ -1,5 +1,6 @@
 """HttpTransport: requests to one server with retries, backoff and a reconnect hook; every
-request and response body is recorded in the link ledger (payload or control).
+request and response body is recorded in the link ledger (payload or control). Bodies go out
+as protobuf: an Update (`send`) or a control message (`post`: Register, Skip, Offer).
 
 While the server is unreachable (connection errors, 5xx) a request retries with exponential
 backoff for up to `retry_for` seconds; after an outage, or when `lost(response)` says the
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 
 from ..obs.ledger import LinkLedger
+from ..wire.control import Control, serialize
 from .transport import Transport, TransportError
 
 __all__ = ["HttpTransport", "TransportError", "error_of"]
@@ -47,6 +49,10 @@ class HttpTransport(Transport):
         """POST `data` (protobuf) to path `dst`."""
         return self.request("POST", dst, content=data, raw=raw, kind=kind,
                             headers={"Content-Type": "application/x-protobuf"})
+
+    def post(self, path: str, message: Control) -> httpx.Response:
+        """POST a control message (wire/control.py) to `path`, counted as control bytes."""
+        return self.send(self.node_id, path, serialize(message), kind="control")
 
     def request(self, method: str, path: str, raw: int = 0, kind: str = "control",
                 **kw: Any) -> httpx.Response:

@@ -6,7 +6,9 @@ API (errors are JSON {"error": message, "status": code}; OpenAPI at /docs):
     GET  /v1/health                      liveness (the only call without the token)
     GET  /v1/status                      experts, gateway, workers, bytes per upload
     POST /v1/workers                     register {worker_id, session, specialty, base,
-                                         centroid, count, capabilities}
+                                         centroid, count, capabilities}: protobuf Register
+                                         (application/x-protobuf, as workers send it) or
+                                         JSON (application/json); other types get 415
     POST /v1/workers/{id}/leave          leave
     GET  /v1/experts/adapter?worker_id=&wait_version=&wait_s=   the worker's expert
                                          (protobuf Update; long-polls for a newer version)
@@ -41,7 +43,9 @@ from starlette.concurrency import run_in_threadpool
 from ..config import add_config_flags, config_flags
 from ..server import (GuardRules, RequestGuard, add_json_errors, add_listen_flags,
                       require_token)
+from ..server.control import body_doc, capability_map, read_control
 from ..server.http11 import server_config
+from ..wire.control import Register
 from .config import load_config
 from .core import ExpertsCoordinator
 from .link import VERSION
@@ -49,16 +53,19 @@ from .link import VERSION
 MAX_WAIT_S = 30.0
 PUBLIC = frozenset({"/v1/health"})
 SAFETENSORS = "application/octet-stream"
+Capabilities = capability_map(64)
 
 
 class RegisterIn(BaseModel):
+    """A registration, from a protobuf Register or JSON (server/control.py)."""
+
     worker_id: str = Field(max_length=64)
     session: str = Field(max_length=128)
     specialty: str = Field(max_length=64)
     base: str = Field(max_length=128)
     centroid: list[float] = Field(max_length=1 << 16)
     count: int = Field(ge=1)
-    capabilities: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    capabilities: Capabilities = Field(default_factory=dict)
 
 
 class RouteIn(BaseModel):
@@ -91,8 +98,9 @@ def create_app(core: ExpertsCoordinator, token: str | None = None,
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(core.status)
 
-    @app.post("/v1/workers")
-    async def register(body: RegisterIn) -> dict[str, Any]:
+    @app.post("/v1/workers", openapi_extra=body_doc(RegisterIn, Register))
+    async def register(request: Request) -> dict[str, Any]:
+        body = await read_control(request, RegisterIn, Register)
         return await run_in_threadpool(core.register, body.worker_id, body.session,
                                        body.specialty, body.base, body.centroid, body.count,
                                        body.capabilities)

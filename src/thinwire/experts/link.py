@@ -1,8 +1,9 @@
 """A worker's link to its coordinator: register, pull the expert, push an upload, leave.
 
 `HttpLink` speaks the app's HTTP API through an `HttpTransport` (retries, reconnects, a link
-ledger); `LocalLink` calls an `ExpertsCoordinator` in the same process with the same
-serialized bodies (tests, benchmarks). The worker loop runs on either.
+ledger; registration goes as a protobuf Register); `LocalLink` calls an `ExpertsCoordinator`
+in the same process with the same serialized bodies (tests, benchmarks). The worker loop
+runs on either.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..errors import ThinwireError
 from ..exchange.http import HttpTransport, error_of
 from ..server import HttpError
 from ..wire import Update, WireLimits, parse_update
+from ..wire.control import Register, parse, serialize
 
 VERSION = "x-thinwire-version"
 PULL_LIMITS = WireLimits(max_message_bytes=1 << 31)
@@ -24,7 +26,7 @@ class WorkerError(ThinwireError):
 
 
 class Link(Protocol):
-    def register(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def register(self, msg: Register) -> dict[str, Any]: ...
     def pull(self, wait_version: int | None, wait_s: float) -> tuple[Update, int]: ...
     def push(self, body: bytes, raw: int) -> tuple[bool, str]: ...
     def leave(self) -> None: ...
@@ -34,8 +36,8 @@ class HttpLink:
     def __init__(self, transport: HttpTransport, wid: str) -> None:
         self.transport, self.wid = transport, wid
 
-    def register(self, body: dict[str, Any]) -> dict[str, Any]:
-        r = self.transport.request("POST", "/v1/workers", json=body)
+    def register(self, msg: Register) -> dict[str, Any]:
+        r = self.transport.post("/v1/workers", msg)
         if r.status_code != 200:
             raise WorkerError(f"registration refused: {error_of(r)}")
         return r.json()
@@ -65,10 +67,11 @@ class LocalLink:
     def __init__(self, coordinator: Any, wid: str) -> None:
         self.co, self.wid = coordinator, wid
 
-    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+    def register(self, msg: Register) -> dict[str, Any]:
+        m = parse(Register, serialize(msg))  # what the app would get (fp32 centroid)
         try:
-            return self.co.register(**{k: v for k, v in body.items() if k != "worker_id"},
-                                    wid=body["worker_id"])
+            return self.co.register(m.worker_id, m.session, m.specialty, m.base, m.centroid,
+                                    m.count, m.capabilities)
         except HttpError as exc:
             raise WorkerError(f"registration refused: {exc.message}") from None
 

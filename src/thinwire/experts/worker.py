@@ -33,6 +33,7 @@ from ..tasks.lm.pretrained import DEFAULT_BASE, Base, load_base
 from ..tasks.lm.sft import encode_rows, read_rows
 from ..tasks.lm.tuning import make_tuning
 from ..wire import serialize_update
+from ..wire.control import Register
 from .link import Link
 from .trainer import Trainer
 
@@ -160,14 +161,13 @@ def worker_main(argv: list[str] | None = None) -> int:
     transport = HttpTransport(args.coordinator_url, args.worker_id, args.token,
                               args.retry_for, log)
     link = HttpLink(transport, args.worker_id)
-    body = {"worker_id": args.worker_id, "session": session, "specialty": args.specialty,
-            "base": base.fingerprint, "centroid": centroid(base.model, base.tokenizer,
-                                                           prompts).tolist(),
-            "count": len(prompts), "capabilities": {"pid": os.getpid(),
-                                                    "sync_interval": args.sync_interval}}
+    hello = Register(args.worker_id, session, args.specialty,
+                     {"pid": str(os.getpid()), "sync_interval": str(args.sync_interval)},
+                     base=base.fingerprint, count=len(prompts),
+                     centroid=centroid(base.model, base.tokenizer, prompts).tolist())
     transport.lost = lambda r: r.status_code == 404 and "not registered" in r.text
-    conf = link.register(body)["config"]
-    transport.on_reconnect = lambda: link.register(body)
+    conf = link.register(hello)["config"]
+    transport.on_reconnect = lambda: link.register(hello)
     worker = build_worker(link, conf, base, rows, args, log)
     wait = args.pull_wait if args.pull_wait is not None else min(5.0, args.sync_interval)
     try:

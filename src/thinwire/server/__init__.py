@@ -1,8 +1,8 @@
 """What every coordinator runtime shares below the runtimes: durable state (an atomic
 safetensors snapshot plus an fsynced journal, journal-before-acknowledge admission) and HTTP
-plumbing (a request guard: tokens before bodies, bounded and timed bodies; a header deadline
-in uvicorn's h11 protocol, http11.py; per-worker keys, credentials.py; JSON errors; listen
-flags and loopback rules)."""
+plumbing (a request guard: tokens before bodies, bounded and timed bodies; control bodies as
+protobuf or JSON, control.py; a header deadline in uvicorn's h11 protocol, http11.py;
+per-worker keys, credentials.py; JSON errors; listen flags and loopback rules)."""
 
 from .admission import admit, check_staleness
 from .durable import Durable

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ThinwireError
+from ..server.http import HttpError
 from ..wire import Update
 
 WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SEQ = 1 << 53
 
 
-class ServiceError(ThinwireError):
+class ServiceError(HttpError):
     """An HTTP-mappable error: status code plus a message a person can act on."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def check_worker_id(wid: str) -> str:

@@ -11,10 +11,14 @@ API (JSON errors {"error": message, "status": code}; OpenAPI at /openapi.json, /
     POST /v1/updates                    protobuf Update body (idempotent by worker/round/seq)
     POST /v1/skips                      {worker_id, round, reason}: a lazy skip
     POST /v1/offers                     {worker_id, round, score, bits}: budget selection
+Register, skip and offer bodies are protobuf (Content-Type application/x-protobuf: the
+Register, Skip, Offer messages of thinwire.proto, as workers send them) or JSON
+(application/json, for curl); other types get 415 (server/control.py).
 Every endpoint but /v1/health (and /v1/status on a loopback bind) needs `Authorization:
 Bearer TOKEN` when a token is set; calls for a worker id also need the key its registration
 returned (`X-Thinwire-Worker-Key`). Bodies are bounded: max_request_bytes for updates,
-max_json_bytes elsewhere, read within request_timeout / body_min_rate (guard.py).
+max_json_bytes for every other body (either form), read within request_timeout /
+body_min_rate (guard.py), all before a route parses a byte.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ThinwireError, require
 from ..obs.dashboard import add_dashboard_flag, open_dashboard
 from ..server import add_listen_flags, is_loopback, require_token
-from .admission import ServiceError
 from .config import load_config
 from .core import Coordinator
 from ..server.credentials import KEY_HEADER, Caller
+from ..server.control import body_doc, read_control
 from ..server.guard import GuardRules, RequestGuard
+from ..server.http import HttpError
 from ..server.http11 import server_config as http_config
 from .observe import start_events, stop_events
+from ..wire.control import Offer, Register, Skip
 from .schemas import OfferIn, RegisterIn, SkipIn
 
 LONG_POLL_S = 20.0
@@ -86,8 +92,9 @@ def create_app(core: Coordinator, token: str | None = None, admin_token: str | N
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(core.status)
 
-    @app.post("/v1/workers")
-    async def register(body: RegisterIn, request: Request) -> dict[str, Any]:
+    @app.post("/v1/workers", openapi_extra=body_doc(RegisterIn, Register))
+    async def register(request: Request) -> dict[str, Any]:
+        body = await read_control(request, RegisterIn, Register)
         return await run_in_threadpool(core.register, body.worker_id, body.session,
                                        body.specialty, body.capabilities, caller(request))
 
@@ -115,14 +122,16 @@ def create_app(core: Coordinator, token: str | None = None, admin_token: str | N
     async def control(request: Request, wid: str) -> None:
         core.count_control(len(await request.body()), wid)
 
-    @app.post("/v1/skips")
-    async def skip(body: SkipIn, request: Request) -> dict[str, Any]:
+    @app.post("/v1/skips", openapi_extra=body_doc(SkipIn, Skip))
+    async def skip(request: Request) -> dict[str, Any]:
+        body = await read_control(request, SkipIn, Skip)
         await control(request, body.worker_id)
         return await run_in_threadpool(core.skip, body.worker_id, body.round, body.reason,
                                        caller(request))
 
-    @app.post("/v1/offers")
-    async def offer(body: OfferIn, request: Request) -> dict[str, Any]:
+    @app.post("/v1/offers", openapi_extra=body_doc(OfferIn, Offer))
+    async def offer(request: Request) -> dict[str, Any]:
+        body = await read_control(request, OfferIn, Offer)
         await control(request, body.worker_id)
         deadline = time.monotonic() + LONG_POLL_S
         while True:
@@ -138,8 +147,8 @@ def create_app(core: Coordinator, token: str | None = None, admin_token: str | N
 def add_error_handlers(app: FastAPI) -> None:
     """Every error as JSON {"error": message, "status": code}."""
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    @app.exception_handler(HttpError)  # ServiceError too, and the control bodies' 400/415
+    async def _service_error(request: Request, exc: HttpError) -> JSONResponse:
         return JSONResponse({"error": exc.message, "status": exc.status},
                             status_code=exc.status)
 

@@ -1,9 +1,10 @@
 """Requests for fuzzing a live coordinator (tests/test_service_fuzz.py, bench/fuzz_service.py).
 
 Grammar-aware: a request is built from the API's own shapes, then some of its parts are
-replaced (JSON fields by wrong types, long or deep values, extra or missing keys; Update
-header fields and tensors by wire/fuzz.py's field- and byte-level mutators; ids, tokens,
-keys and paths from pools of near misses). A few are raw HTTP that no client library sends
+replaced (JSON fields by wrong types, long or deep values, extra or missing keys; protobuf
+control messages' fields by near misses, or their bytes mutated; Update header fields and
+tensors by wire/fuzz.py's field- and byte-level mutators; ids, tokens, keys and paths from
+pools of near misses). A few are raw HTTP that no client library sends
 (bad framing, lying lengths, chunked bodies that never end).
 
 The setup the checker relies on: one `victim` worker that never answers, so no round can
@@ -18,13 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from ..server.control import as_text
 from ..wire import thinwire_pb2 as pb
+from ..wire.control import Offer, Register, Skip
 from ..wire.fuzz import mutate, mutate_bytes
 
 NEAR_IDS = ["victim", "w1\n", "", "-x", "a" * 65, "a" * 64, "ghost", "f0 ", "f\u00e9", "../f0",
             "f0\x00", "F0", "f99", "0", "%0a", "worker-1"]
 WEIRD = [None, True, 0, -1, 2**63, 10**30, 1e308, -0.0, 0.5, "", "x" * 300, "\u2603" * 50,
          "\n", "NaN", [], {}, [1, [2, [3]]], {"a": {"b": {}}}, {"__tensor__": "0"}]
+MESSAGES = {"register": Register, "skip": Skip, "offer": Offer}
+NUMBERS = {"schema_version": [0, 2, 2**32 - 1], "score": [float("nan"), float("inf"), -1.0, 1e308],
+           "round": [1, 5, 2**53, 2**64 - 1], "bits": [0, 2**50, 2**64 - 1],
+           "count": [0, 1, 2**64 - 1]}
+TEXTS = ["", "x" * 300, "x" * 2000, "\u2603" * 50, "\n", "a b"]
 
 
 @dataclass
@@ -113,19 +121,25 @@ class Fuzzer:
     def register(self) -> Probe:
         valid = {"worker_id": self.wid(), "session": self.rng.choice(["s", "t"]),
                  "specialty": "", "capabilities": {"pid": 1, "gpu": False}}
-        return Probe("register", "POST", "/v1/workers", self.json_body(valid),
-                     headers={**self.json_type(), **self.key_for(valid["worker_id"])})
+        return self.control("register", "/v1/workers", valid)
 
     def skip(self) -> Probe:
         valid = {"worker_id": self.wid(), "round": self.rng.choice([0, 0, 1, 5]),
                  "reason": "lazy"}
-        return Probe("skip", "POST", "/v1/skips", self.json_body(valid),
-                     headers={**self.json_type(), **self.key_for(valid["worker_id"])})
+        return self.control("skip", "/v1/skips", valid)
 
     def offer(self) -> Probe:
         valid = {"worker_id": self.wid(), "round": 0, "score": 1.0, "bits": 100}
-        return Probe("offer", "POST", "/v1/offers", self.json_body(valid),
-                     headers={**self.json_type(), **self.key_for(valid["worker_id"])})
+        return self.control("offer", "/v1/offers", valid)
+
+    def control(self, kind: str, path: str, valid: dict[str, Any]) -> Probe:
+        """A control body as JSON or as its protobuf message (each mostly well-formed)."""
+        if self.rng.random() < 0.5:
+            body, kind_header = self.json_body(valid), self.json_type()
+        else:
+            body, kind_header = self.proto_body(kind, valid), self.proto_type()
+        return Probe(kind, "POST", path, body,
+                     headers={**kind_header, **self.key_for(valid["worker_id"])})
 
     def leave(self) -> Probe:
         wid = self.wid() if self.rng.random() < 0.8 else self.rng.choice(
@@ -172,6 +186,46 @@ class Fuzzer:
             b"[" * 50_000 + b"]" * 50_000, b"{" * 1000, b'{"worker_id": NaN}',
             b'{"round": 1' + b"0" * 5000 + b"}", b"\xff\xfe{}", b"", b"null",
             json.dumps({**obj, "capabilities": {f"k{i}": i for i in range(1000)}}).encode()])
+
+    # ---- protobuf bodies ---------------------------------------------------------------
+    def proto_body(self, kind: str, valid: dict[str, Any]) -> bytes:
+        """The valid message with some fields set to near misses; or its bytes mutated,
+        extended, cut or doubled; or another message's bytes."""
+        rng, fields = self.rng, dict(valid)
+        if "capabilities" in fields:
+            fields["capabilities"] = as_text(fields["capabilities"])
+        msg = MESSAGES[kind](**fields).to_proto()
+        r = rng.random()
+        if r < 0.5:
+            for _ in range(rng.randint(1, 3)):
+                self.set_control(msg, rng.choice(msg.DESCRIPTOR.fields).name)
+            return msg.SerializeToString()
+        data = msg.SerializeToString()
+        if r < 0.85:
+            return mutate_bytes(data, rng)
+        other = MESSAGES[rng.choice(list(MESSAGES))](self.wid()).to_proto()
+        return rng.choice([data + b"\x98\x06\x01", data + data, data[:-1], b"",
+                           other.SerializeToString(), rng.randbytes(rng.randrange(300))])
+
+    def set_control(self, msg: Any, name: str) -> None:
+        rng = self.rng
+        if name == "capabilities":
+            for _ in range(rng.choice([1, 3, 40])):
+                msg.capabilities[rng.choice(["", "k" * 100, "ok", "a b", f"k{rng.random()}"])
+                                 ] = rng.choice(TEXTS)
+        elif name == "centroid":
+            msg.centroid.extend(rng.choice([[float("nan")], [1.0] * 9, [float("inf"), 0.0]]))
+        elif name == "worker_id":
+            msg.worker_id = self.wid()
+        elif name in NUMBERS:
+            setattr(msg, name, rng.choice(NUMBERS[name]))
+        else:
+            setattr(msg, name, rng.choice(TEXTS))
+
+    def proto_type(self) -> dict[str, str]:
+        return {"Content-Type": self.rng.choice(["application/x-protobuf"] * 8 + [
+            "application/json", "application/x-protobuf; proto=thinwire.v1",
+            "application/octet-stream"])}
 
     def value(self, depth: int) -> Any:
         rng = self.rng

@@ -1,5 +1,6 @@
-"""The shapes the coordinator accepts: JSON request bodies, and the journal records they
-become. Everything is bounded (lengths, counts, depth = flat), so whatever the API accepts
+"""The shapes the coordinator accepts: request bodies (JSON, or the protobuf of
+wire/control.py mapped onto the same models by server/control.py), and the journal records
+they become. Everything is bounded (lengths, counts, depth = flat), so whatever the API accepts
 can be journaled, snapshotted and replayed; replay validates records with the same models
 and skips one that does not fit instead of refusing to start.
 """
@@ -10,15 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from ..server.control import capability_map
 from .admission import MAX_SEQ, WORKER_ID
 
 WorkerId = Annotated[str, StringConstraints(pattern=WORKER_ID.pattern, max_length=64)]
-CapKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-CapValue = (Annotated[str, Field(max_length=256)] | Annotated[bool, Field(strict=True)]
-            | Annotated[int, Field(strict=True, ge=-MAX_SEQ, le=MAX_SEQ)]
-            | Annotated[float, Field(strict=True, allow_inf_nan=False)] | None)
 Round = Annotated[int, Field(ge=0, lt=MAX_SEQ)]
 MAX_CAPABILITIES = 32
+Capabilities = capability_map(MAX_CAPABILITIES)
 
 
 class Strict(BaseModel):
@@ -31,8 +30,7 @@ class RegisterIn(Strict):
     worker_id: WorkerId
     session: Annotated[str, Field(min_length=1, max_length=128)]
     specialty: Annotated[str, Field(max_length=200)] = ""
-    capabilities: Annotated[dict[CapKey, CapValue],
-                            Field(max_length=MAX_CAPABILITIES)] = Field(default_factory=dict)
+    capabilities: Capabilities = Field(default_factory=dict)
 
 
 class SkipIn(Strict):

@@ -1,4 +1,5 @@
 """`thinwire worker`: pull the model, train locally, decide lazily, push a protobuf Update.
+Registration, skips and offers are protobuf too (Register, Skip, Offer of thinwire.proto).
 
     python -m thinwire.service.worker --coordinator-url http://127.0.0.1:5000 --worker-id w0
 
@@ -27,6 +28,7 @@ from ..errors import ThinwireError
 from ..exchange.http import HttpTransport, TransportError, error_of
 from ..tasks import load_task, split_indices
 from ..wire import Update
+from ..wire.control import Offer, Register, Skip
 from .config import WorkerConfig
 from ..server.credentials import KEY_HEADER
 from .learner import Learner
@@ -55,13 +57,11 @@ class HttpLink:
         return read_model(r.content)
 
     def skip(self, round_: int, reason: str) -> None:
-        self.transport.request("POST", "/v1/skips", json={
-            "worker_id": self.wid, "round": round_, "reason": reason})
+        self.transport.post("/v1/skips", Skip(self.wid, round_, reason))
 
     def offer(self, round_: int, score: float, bits: int) -> bool:
         while True:
-            r = self.transport.request("POST", "/v1/offers", json={
-                "worker_id": self.wid, "round": round_, "score": score, "bits": bits})
+            r = self.transport.post("/v1/offers", Offer(self.wid, round_, score, bits))
             if r.status_code != 200:
                 self.log(f"offer refused: {error_of(r)}")
                 return False
@@ -108,9 +108,8 @@ class Worker:
     def register(self) -> dict[str, Any]:
         self.transport.on_reconnect = None  # no recursion while registering
         try:
-            r = self.transport.request("POST", "/v1/workers", json={
-                "worker_id": self.wid, "session": self.session,
-                "specialty": self.args.specialty, "capabilities": {"pid": os.getpid()}})
+            r = self.transport.post("/v1/workers", Register(
+                self.wid, self.session, self.args.specialty, {"pid": str(os.getpid())}))
         except TransportError as exc:
             raise WorkerError(str(exc)) from None
         finally:

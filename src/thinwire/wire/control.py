@@ -1,7 +1,8 @@
 """Control-plane messages: Register, Skip, Offer, ModelAnnounce, ResourceReport.
 
-Typed forms of what the HTTP service sends as JSON bodies and in its `X-Thinwire-Diffs`
-header. They are parsed as strictly as an `Update`: exact bytes (no trailing data, unknown
+The bodies thinwire workers send the HTTP coordinators (register, skip, offer; JSON stays
+accepted for curl, see server/control.py), the model's announce, and the swarm's hello and
+skip notices. They are parsed as strictly as an `Update`: exact bytes (no trailing data, unknown
 fields or merged copies), the schema version, every string, map and list bounded by
 `WireLimits` before it is walked, every float finite and in range; a WireError says which.
 """
@@ -45,15 +46,22 @@ def check_pairs(what: str, pairs: dict[str, str], limits: WireLimits) -> None:
 # ---- messages ----------------------------------------------------------------------------------
 @dataclass
 class Register:
+    """A worker joining; `base`, `centroid` and `count` are the federated experts' (the
+    base model's fingerprint, the worker's mean prompt embedding and its prompt count)."""
+
     PB: ClassVar = pb.Register
     worker_id: str
     session: str = ""
     specialty: str = ""
     capabilities: dict[str, str] = field(default_factory=dict)
+    base: str = ""
+    centroid: list[float] = field(default_factory=list)
+    count: int = 0
 
     def to_proto(self) -> pb.Register:
         msg = pb.Register(schema_version=SCHEMA_VERSION, worker_id=self.worker_id,
-                          session=self.session, specialty=self.specialty)
+                          session=self.session, specialty=self.specialty, base=self.base,
+                          centroid=[float(v) for v in self.centroid], count=self.count)
         msg.capabilities.update(self.capabilities)
         return msg
 
@@ -63,8 +71,14 @@ class Register:
         check_text("Register session", msg.session, limits)
         check_text("Register specialty", msg.specialty, limits)
         check_pairs("Register capabilities", msg.capabilities, limits)
+        check_text("Register base", msg.base, limits)
+        check_count("Register centroid", len(msg.centroid), limits.max_centroid,
+                    "max_centroid")
+        for v in msg.centroid:
+            check_float("Register centroid value", v)
         return cls(worker_id=msg.worker_id, session=msg.session, specialty=msg.specialty,
-                   capabilities=dict(msg.capabilities))
+                   capabilities=dict(msg.capabilities), base=msg.base,
+                   centroid=list(msg.centroid), count=msg.count)
 
 
 @dataclass

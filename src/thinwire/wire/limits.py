@@ -31,6 +31,7 @@ class WireLimits:
     max_string: int = 1024             # characters of a name, codec, params, node id, key
     max_metrics: int = 1024            # entries of a metrics/capabilities map or link list
     max_history: int = 4096            # LAQ model-change history entries in a ModelAnnounce
+    max_centroid: int = 1 << 16        # values of a Register's centroid (a hidden size)
 
 
 def brief(value: int) -> str:
