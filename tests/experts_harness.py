@@ -66,7 +66,7 @@ class Coordinator:
         cmd = [sys.executable, "-m", "thinwire.cli", "coordinator", "--experts", "--port",
                str(self.port), "--state-dir", str(self.root / "state"), "--base-model",
                str(self.base), "--codec", CODEC, "--lora-targets", TARGETS,
-               "--round-timeout", "8"]
+               "--round-timeout", "8", "--monitor-every", "0.5"]
         self.log = open(self.root / "coordinator.log", "a")
         self.proc = subprocess.Popen(cmd, env=self.env, stderr=self.log)
 
@@ -105,7 +105,8 @@ class Coordinator:
                "--worker-id", wid, "--specialty", specialty, "--dataset", str(dataset),
                "--base-model", str(self.base), "--duration", "8", "--sync-interval", "1.5",
                "--speed-factor", "3",  # sleeps 2/3 of the time: four workers share 2 cores
-               "--lr", "1e-2", "--max-length", "160", "--token", TOKEN, "--retry-for", "30"]
+               "--lr", "1e-2", "--max-length", "160", "--token", TOKEN, "--retry-for", "30",
+               "--out", str(self.root / "events" / wid), "--monitor-every", "0.5"]
         log = open(self.root / f"{wid}.log", "w")
         return subprocess.Popen(cmd, env=self.env, stderr=log)
 

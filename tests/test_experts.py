@@ -167,6 +167,15 @@ def test_workers_build_experts_and_gateway(world):
     assert status["upload_ratio"] > 10  # int8 LoRA B's against the fp32 model (tiny here)
     rows = [json.loads(line) for line in (root / "state" / "results.jsonl").open()]
     assert rows[-1]["runtime"] == "experts" and rows[-1]["compression_ratio_up"] > 10
+    # the resource monitor of the coordinator and of each worker, for the dashboard
+    from thinwire.obs.events import read_events
+
+    samples = list(read_events(root / "state", "resources"))
+    assert samples and set(samples[-1]["peers"]) == set(world["workers"])
+    assert any(s.get("link_bps") for s in samples)  # bytes/s on the workers' links
+    for wid in world["workers"]:
+        mine = list(read_events(root / "events" / wid, "resources"))
+        assert mine and all(s["node"] == wid and s["rss_bytes"] > 0 for s in mine), wid
 
 
 def test_expert_beats_base_on_its_specialty(world):

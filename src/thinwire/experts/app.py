@@ -41,6 +41,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..config import add_config_flags, config_flags
+from ..obs.dashboard import add_dashboard_flag, open_dashboard
+from ..obs.monitor import Monitor
 from ..server import (GuardRules, RequestGuard, add_json_errors, add_listen_flags,
                       require_token)
 from ..server.control import body_doc, capability_map, read_control
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--config", type=Path, help="YAML/JSON file of the keys below")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--monitor-every", type=float, default=1.0,
+                   help="seconds between resource samples in events.jsonl; 0 disables")
+    add_dashboard_flag(p)
     add_config_flags(p, ExpertsConfig)
     return p
 
@@ -188,11 +193,20 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     app = create_app(core, args.token, log)
     config = server_config(app, args.host, args.port, cfg.request_timeout,
                            max(128, 2 * cfg.max_workers + 64), args.debug)
+    monitor = Monitor(core.events, ledger=lambda: core.ledger, every=args.monitor_every,
+                      lock=core.lock, extra=lambda: {"peers": worker_states(core)})
     try:
-        uvicorn.Server(config).run()
+        with monitor, open_dashboard(args.dashboard, [args.state_dir]):
+            uvicorn.Server(config).run()
     finally:
         core.close()
     return 0
+
+
+def worker_states(core: ExpertsCoordinator) -> dict[str, str]:
+    """worker id -> its state, for the monitor's samples and the dashboard's peer panel."""
+    with core.lock:
+        return {wid: str(info.get("state", "active")) for wid, info in core.workers.items()}
 
 
 async def tick_forever(core: ExpertsCoordinator, log: Callable[[str], None]) -> None:

@@ -15,6 +15,7 @@ and embeds its training prompts with the base model: their centroid is what rout
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import sys
@@ -27,6 +28,7 @@ import torch
 from ..codecs import Encoder, make_codec
 from ..exchange import Sender, decode_update
 from ..obs.events import EventLog
+from ..obs.monitor import Monitor
 from ..policy import make_policy
 from ..tasks.lm.embed import centroid
 from ..tasks.lm.pretrained import DEFAULT_BASE, Base, load_base
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after the coordinator is unreachable this long")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="folder for events.jsonl")
+    p.add_argument("--monitor-every", type=float, default=1.0,
+                   help="with --out: seconds between resource samples; 0 disables")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -170,8 +174,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     transport.on_reconnect = lambda: link.register(hello)
     worker = build_worker(link, conf, base, rows, args, log)
     wait = args.pull_wait if args.pull_wait is not None else min(5.0, args.sync_interval)
+    monitor = Monitor(worker.events, ledger=lambda: transport.ledger, node=args.worker_id,
+                      every=args.monitor_every) if worker.events is not None else None
     try:
-        return worker.run(args.duration, args.sync_interval, wait)
+        with monitor or contextlib.nullcontext():
+            return worker.run(args.duration, args.sync_interval, wait)
     finally:
         if worker.events is not None:
             worker.events.close()
