@@ -33,9 +33,11 @@ MODES = {"fedavg": {}, "laq8": {}, "bbit": {"b_up": 4}, "bin": {}}
 
 
 def one_round(co: Coordinator, learners: list[Learner]) -> None:
-    for lr in learners:
-        link = LocalLink(co, lr.worker_id)
-        info, _ = load_model(lr, link, None, None)
+    """Every worker pulls before any answers, as parallel workers would: the round waits
+    only for workers that pulled it."""
+    links = [LocalLink(co, lr.worker_id) for lr in learners]
+    infos = [load_model(lr, link, None, None)[0] for lr, link in zip(learners, links)]
+    for lr, link, info in zip(learners, links, infos):
         worker_round(lr, link, info, co.round + 1, sync=True, selection=False,
                      local_steps=co.cfg.local_steps, seconds=0.0)
 

@@ -4,6 +4,7 @@ shared by the service tests (protocol, security, fuzz)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -19,9 +20,12 @@ import pytest
 import torch
 
 from thinwire.codecs import decode, make_codec
+from thinwire.service.config import load_config
+from thinwire.service.core import Coordinator
 from thinwire.service.fuzz_check import read_status  # noqa: F401  (for the tests)
 from thinwire.service.quick_test import free_port
 from thinwire.wire.model import parse_model_message
+from thinwire.tasks import Task, load_task
 from thinwire.wire import Update, parse_update, serialize_update
 
 SYNTH = ["task=synthetic", "task_args={n_samples: 400, num_classes: 4, dim: 8}",
@@ -169,3 +173,15 @@ def delta_update(wid, round_, seq, tensors, base_version=0, codec="none"):
 
 def filled(model, value):
     return {n: torch.full_like(t, value) for n, t in model.items()}
+
+
+@functools.cache
+def small_task() -> Task:
+    return load_task("synthetic", n_samples=200, dim=4)
+
+
+def coordinator(state_dir, log=None, **over) -> Coordinator:
+    """An in-process coordinator on a small synthetic task (no HTTP)."""
+    cfg = load_config(None, {"task": "synthetic", "task_args": {"n_samples": 200, "dim": 4},
+                             "total_workers": 2, **over})
+    return Coordinator(cfg, state_dir, task=small_task(), log=log)

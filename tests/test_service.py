@@ -75,6 +75,7 @@ def test_token_idempotency_and_bad_updates(tmp_path, services):
     svc.register("a")
     svc.register("b")
     theta0 = svc.model("a")
+    svc.model("b")  # b takes part in round 0: the round waits for its skip
     names = list(theta0)
 
     def rejected(body, status=400, words=""):
@@ -142,6 +143,8 @@ def test_top_k_selection_over_http(tmp_path, services):
     offers = {"a": (10.0, 100), "b": (50.0, 100), "c": (30.0, 50)}  # score/bits: .1 .5 .6
     for w in offers:
         svc.register(w)
+    for w in ("b", "c"):
+        svc.model(w)  # all three take part in round 0, so selection waits for three offers
     theta0 = svc.model("a")
 
     def offer(w):
@@ -222,7 +225,7 @@ def test_budget_knapsack_picks_best_ratio_that_fits(tmp_path):
     co = core(tmp_path, total_workers=3, up_budget_bits=120)
     for w in "abc":
         co.register(w, "s")
-    co.pull("a")
+        co.pull(w)
     assert co.offer("a", 0, 10.0, 100)["selected"] is None  # waits for the others
     co.offer("b", 0, 50.0, 100)
     assert co.offer("c", 0, 30.0, 50)["selected"] is True

@@ -103,6 +103,8 @@ def test_accepted_registration_survives_round_close_and_kill(svc):
     svc.register("a", capabilities={"__tensor__": "nope"})  # the snapshot's old marker
     svc.register("c", capabilities={"gpu": True, "mem": 16.5, "os": "linux"})
     svc.register("b")
+    for w in ("b", "c"):
+        svc.model(w)  # all three take part in round 0, so it waits for their skips
     theta = svc.model("a")
     assert svc.push(delta_update("a", 0, 1, filled(theta, 0.01))).status_code == 200
     assert svc.skip("b", 0).status_code == 200

@@ -17,20 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from safetensors.torch import save as st_save
 from starlette.testclient import TestClient
 
-from service_harness import ADMIN, KEY_HEADER, TOKEN, delta_update
-from thinwire.service.config import load_config
+from service_harness import ADMIN, KEY_HEADER, TOKEN, coordinator, delta_update
 from thinwire.service.coordinator import create_app
-from thinwire.service.core import Coordinator
 from thinwire.server.state import StateStore
-from thinwire.tasks import load_task
-
-TASK = load_task("synthetic", n_samples=200, dim=4)
-
-
-def coordinator(state_dir, log=None, **over):
-    cfg = load_config(None, {"task": "synthetic", "task_args": {"n_samples": 200, "dim": 4},
-                             "total_workers": 2, **over})
-    return Coordinator(cfg, state_dir, task=TASK, log=log)
 
 
 # ---- snapshot encoding -----------------------------------------------------------------

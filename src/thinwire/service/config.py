@@ -48,7 +48,8 @@ class FLQConfig(TaskSection, CodecSection, LAQ, ServerSection):
     # ---- service ---------------------------------------------------------------------------
     schedule: Literal["sync", "async"] = "sync"
     round_timeout: float = Field(30.0, gt=0, description="seconds from a round's first pull")
-    min_workers: int = Field(1, ge=1, description="responses needed to close a late round")
+    min_workers: int = Field(1, ge=1, description="answers a sync round needs to close, on "
+                             "time or late (a quorum: rounds wait only for workers taking part)")
     offline_after: float | None = Field(None, gt=0, description="default 2*round_timeout")
     sel_ref: int = Field(0, ge=0, description="step *= m_selected/sel_ref; 0 = off")
     skipped: Literal["reuse", "drop"] = "reuse"

@@ -102,6 +102,7 @@ class Coordinator(Registry, RoundLogic, Durable):
             self.authorize(wid, caller)
             self._touch(wid)
             self._round_seen()
+            self._took_part(wid)
             key = "delta" if (not self.down_none and have == self.version - 1
                               and "delta" in self._cache) else "full"
             if key not in self._cache:
@@ -208,7 +209,7 @@ class Coordinator(Registry, RoundLogic, Durable):
                 "bits_up": 8 * totals["up_wire"], "bits_down": 8 * totals["down_wire"],
                 "control_bytes": totals["control"], "uploads": totals["sent"],
                 "skipped": totals["skipped"], "pending": sorted(self.pending),
-                "responded": sorted(self._responded()),
+                "responded": sorted(self._responded()), "expected": sorted(self._expected()),
                 "selection_history": self.selection_history[-50:],
                 "accuracy_history": self.accuracy_history,
                 "test_accuracy": last.get("test_accuracy"), "uptime_s": time.time() - self.started,
@@ -251,6 +252,8 @@ class Coordinator(Registry, RoundLogic, Durable):
             self.view = {n: t.clone() for n, t in tree["view"].items()}
         self.down_encoder.load_state_dict(tree["down"])
         self.workers = tree["workers"]
+        for info in self.workers.values():  # snapshots from before `took_part`: as if all
+            info.setdefault("took_part", self.round - 1)  # took part (the old rule)
         self.receiver.load_state_dict(tree["receiver"])
         self.strategy.load_state_dict(tree["strategy"])
         self.history.load_state_dict(tree["history"])

@@ -86,7 +86,8 @@ class Registry:
                              "last_seen": time.time(), "joined_round": self.round,
                              "index": index, "specialty": rec.get("specialty", ""),
                              "capabilities": rec.get("capabilities", {}), "sent": 0,
-                             "skipped": 0, "key_hash": rec.get("key_hash")}
+                             "skipped": 0, "key_hash": rec.get("key_hash"),
+                             "took_part": None}  # rounds.py: none yet, so not waited for
         if not self._replaying:
             self.log(f"worker {wid} joined (shard {index}) at round {self.round}")
 

@@ -1,8 +1,10 @@
 """Round mechanics of the coordinator (a base of `Coordinator`, which owns the state).
 
-sync: a round collects one answer per active worker (an update, a lazy skip, or "not
-selected"), closes when every active worker answered (and at least min_workers did), or at
-round_timeout after the round's first pull with at least min_workers answers. The step is
+sync: a round collects one answer (an update, a lazy skip, or "not selected") per worker
+taking part: an active worker that pulled, offered or answered in this round or the previous
+one. It closes when all of them answered (and at least min_workers did), or at round_timeout
+after the round's first pull with at least min_workers answers. A registered worker that
+is not taking part holds no round open, and its last contribution is not reused. The step is
 mean(pool) * server_lr * (m/sel_ref if sel_ref), pool = fresh updates plus the last
 contribution of lazy or unselected workers (skipped="reuse").
 async: each update applies on arrival, weighted by mix * (1 + staleness)^-a; a "round" is
@@ -78,7 +80,24 @@ class RoundLogic:
             self.round_started = time.monotonic()
 
     def _expected(self) -> set[str]:
-        return {w for w, i in self.workers.items() if i["state"] == "active"}
+        """Whom the round waits for: active workers taking part (`_takes_part`).
+        Registering alone is not taking part, so silent ids hold no round open."""
+        return {w for w, i in self.workers.items()
+                if i["state"] == "active" and self._takes_part(i)}
+
+    def _takes_part(self, info: dict[str, Any]) -> bool:
+        """Pulled, offered or answered in this round or the previous one: the previous too,
+        so a worker that just answered is waited for before its next pull arrives."""
+        last = info.get("took_part")
+        return last is not None and last >= self.round - 1
+
+    def _took_part(self, wid: str) -> None:
+        """A pull or an offer: the worker counts toward this round. Joining is journaled
+        (sync), so a restart waits for the same workers; at most once a round per worker."""
+        info = self.workers[wid]
+        if self.cfg.schedule == "sync" and not self.done and not self._takes_part(info):
+            self.store.append({"type": "join", "worker": wid, "round": self.round})
+        info["took_part"] = self.round
 
     def _mark_offline(self) -> None:
         now, limit = time.time(), self.cfg.offline_seconds()
@@ -131,6 +150,7 @@ class RoundLogic:
 
     def _accept(self, wid: str, update: Update, decoded: TensorSet, nbytes: int) -> None:
         self.workers[wid]["sent"] += 1
+        self.workers[wid]["took_part"] = self.round
         self.ledger.upload(wid, 4 * self.numel, nbytes)
         keys = self.applied_keys.setdefault(wid, [])
         keys.append([update.round, update.seq])
@@ -166,6 +186,7 @@ class RoundLogic:
 
     def _do_skip(self, rec: dict[str, Any]) -> None:
         self.workers[rec["worker"]]["skipped"] += 1
+        self.workers[rec["worker"]]["took_part"] = self.round
         self.ledger.skip(rec["worker"], 4 * self.numel)
         if self.cfg.schedule == "sync":
             self.skips[rec["worker"]] = rec["reason"]
@@ -185,6 +206,7 @@ class RoundLogic:
             if round_ != self.round or self.done:
                 raise ServiceError(409, f"offer is for round {round_} but round {self.round} "
                                         "is open")
+            self._took_part(wid)
             if self.selected is None:
                 self.offers[wid] = (float(score), int(bits))
                 self._maybe_select()
@@ -240,12 +262,11 @@ class RoundLogic:
             self._close_round("deadline")
 
     def _close_round(self, reason: str) -> None:
-        fresh = self.pending
+        fresh, expected = self.pending, self._expected()
         for w, c in fresh.items():
             self.strategy.submit(w, c)
-        gone = {w for w in self.strategy.last
-                if w not in fresh and self.workers.get(w, {}).get("state") != "active"}
-        combined = self.strategy.result(exclude=gone)  # gone workers' last one is not reused
+        gone = set(self.strategy.last) - set(fresh) - expected
+        combined = self.strategy.result(exclude=gone)  # not taking part: last one not reused
         if combined is not None:
             self._step(combined.tensors, self.strategy.sync_scale(combined.count),
                        replace_buffers=True)
@@ -253,7 +274,7 @@ class RoundLogic:
                  "selected": sorted(fresh), "skipped": sorted(self.skips),
                  "unselected": sorted(self.unselected),
                  "combined": combined.count if combined else 0,
-                 "missing": sorted(self._expected() - self._responded()),
+                 "missing": sorted(expected - self._responded()),
                  "bits_up": 8 * self.ledger.totals()["up_wire"]}
         self.selection_history.append(entry)
         self.round += 1
@@ -307,6 +328,8 @@ class RoundLogic:
             self._do_register(rec)
         elif kind == "leave" and wid in self.workers:
             self._do_leave(wid)
+        elif kind == "join" and wid in self.workers and rec["round"] == self.round:
+            self.workers[wid]["took_part"] = self.round
         elif kind == "skip" and wid in self.workers and (not sync or rec["round"] == self.round):
             self._do_skip(rec)
             self._maybe_close()

@@ -76,6 +76,14 @@ class SelectRecord(Strict):
     offers: dict[WorkerId, tuple[float, int]]
 
 
+class JoinRecord(Strict):
+    """A worker's first pull or offer in a round that it did not count toward yet."""
+
+    type: Literal["join"]
+    worker: WorkerId
+    round: Round
+
+
 class UpdateRecord(Strict):
     type: Literal["update"]
     worker: WorkerId
@@ -83,7 +91,7 @@ class UpdateRecord(Strict):
 
 RECORDS: dict[str, type[BaseModel]] = {
     "register": RegisterRecord, "leave": LeaveRecord, "skip": SkipRecord,
-    "select": SelectRecord, "update": UpdateRecord}
+    "select": SelectRecord, "update": UpdateRecord, "join": JoinRecord}
 
 
 def check_record(rec: Any) -> str | None:
