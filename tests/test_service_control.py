@@ -53,6 +53,8 @@ def test_protobuf_register_and_skip_do_what_json_does(svc, tmp_path):
     a, b = journal(tmp_path, "register")
     assert a == b and a["capabilities"]["gpu"] == "true"  # one form stored for both
     svc.register("c")  # silent until the skips are journaled: the round stays open
+    for w in "abc":
+        svc.model(w)  # each takes part in round 0 (pulls its model): the round waits for all
     assert post(svc, "/v1/skips", Skip("b", 0, "lazy"), headers={"X-Thinwire-Worker-Key": "x"}
                 ).status_code == 403  # the worker key still guards the id
     by_json = svc.skip("a", 0)
@@ -70,6 +72,7 @@ def test_protobuf_offer_takes_part_in_selection(tmp_path, services):
     svc = services(tmp_path, ["total_workers=2", "sel_clients=1", "max_rounds=3"])
     for w in ("a", "b"):
         svc.register(w)
+        svc.model(w)  # both take part in round 0, so selection waits for both offers
 
     def offer(w):
         if w == "a":
