@@ -191,10 +191,9 @@ def test_dgc_accumulate_and_sketch_estimate(on):
 
     x = sample()
     u, v = sample(seed=1), sample(seed=2)
-    mask = torch.zeros(N, dtype=torch.bool)
-    bits = torch.tensor(0x3F000000, dtype=torch.int32)  # |v| >= 0.5
-    got = check(kernels.dgc_accumulate, x, u, v, torch.tensor(0.9), bits, mask)
-    assert torch.equal(got, v.abs() >= 0.5) and got.any() and not got.all()
+    mask = torch.zeros(N, dtype=torch.uint8)
+    got = check(kernels.dgc_accumulate, x, u, v, torch.tensor(0.9), torch.tensor(0.5), mask)
+    assert torch.equal(got.bool(), v.abs() >= 0.5) and got.any() and not got.all()
     gen = torch.Generator().manual_seed(3)
     for rows in (5, 4):  # odd: a comparator picks the median; even: the mean of the middle two
         vals = [torch.randn(N, generator=gen) for _ in range(rows)]

@@ -211,15 +211,16 @@ def _unpack_bytes(packed: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) ->
 
 @fusable
 def dgc_accumulate(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, momentum: torch.Tensor,
-                   bits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """DGC's pass, in place: u = x + momentum * u, v = v + u, mask = (|v| as magnitude bits
-    >= bits). One read of x, u, v and one write of u, v, mask once compiled (three eager
-    passes). Multiply then add, as two ops, so eager and compiled round alike."""
+                   threshold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DGC's pass, in place: u = x + momentum * u, v = v + u, mask (uint8) = |v| >= threshold.
+    One read of x, u, v and one write of u, v, mask once compiled (three eager passes).
+    Multiply then add, as two ops, so eager and compiled round alike; the mask is written
+    through `where` as uint8 (inductor vectorizes that, not a bool store)."""
     u_new = x + u * momentum
     v_new = v + u_new
     u.copy_(u_new)
     v.copy_(v_new)
-    return mask.copy_((v_new.view(torch.int32) & 0x7FFFFFFF) >= bits)
+    return mask.copy_(torch.where(v_new.abs() >= threshold, 1, 0).to(torch.uint8))
 
 
 def median_values(vals: list[torch.Tensor], plan: tuple[tuple[int, int, bool, bool], ...]

@@ -366,13 +366,14 @@ class DGC(_Sparse):
         mask = torch.empty(n + (-n) % 8, dtype=torch.bool, device=v.device)
         mask[n:] = False
         if k >= n or samples >= n:
-            kernels.dgc_accumulate(x, u, v, momentum, torch.tensor(0x7FFFFFFF), mask[:n])
+            kernels.dgc_accumulate(x, u, v, momentum, torch.tensor(float("inf")),
+                                   mask[:n].view(torch.uint8))
             return topk_indices(v, k)
         pos = torch.randint(0, n, (samples,), generator=torch.Generator().manual_seed(step))
         pos = pos.to(v.device)
         sampled = v[pos] + (x[pos] + u[pos] * momentum)
-        ranked = magnitude_bits(sampled).sort(descending=True).values
-        bits = ranked[min(samples, max(1, round(k * samples / n))) - 1].to(torch.int32)
-        kernels.dgc_accumulate(x, u, v, momentum, bits, mask[:n])
+        ranked = sampled.abs().sort(descending=True).values  # |x| orders as its bits do
+        threshold = ranked[min(samples, max(1, round(k * samples / n))) - 1]
+        kernels.dgc_accumulate(x, u, v, momentum, threshold, mask[:n].view(torch.uint8))
         cand = sparse_nonzero(mask)
         return exact_among(v, cand, k) if cand.numel() > 1.3 * k else cand
