@@ -305,13 +305,13 @@ class Peer:
         return True
 
     def _account(self, sizes: dict[int, int]) -> None:
-        """Simulated all-to-all time of this step: each peer uploads its update to the n-1
-        others and downloads theirs (the link model of `--bandwidth`)."""
+        """Simulated all-to-all time of this step on full-duplex links (`--bandwidth`):
+        each peer uploads its update to the n-1 others while it downloads theirs."""
         n, nodes = len(self.net.live), len(self.names)
         ups = [sizes.get(j, 0) * (n - 1) for j in range(nodes)]
         downs = [sum(v for k, v in sizes.items() if k != j) if j in self.net.live else 0
                  for j in range(nodes)]
-        self.counts["comm_time_s_sim"] += self.link.step_time(ups, downs)
+        self.counts["comm_time_s_sim"] += self.link.exchange_time(ups, downs)
 
     # ---- epochs, events, stats ----------------------------------------------------------
     def _finish_epoch(self) -> None:
