@@ -162,7 +162,7 @@ def test_ipc_swarm_learns_agrees_and_counts_bytes_truly(ipc_run):
     assert row["malformed_frames"] >= 3 and row["hash_checks"] > 0
     lines = (cfg.out / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["run_name"] == row["run_name"]
-    assert "epoch 2:" in (cfg.out / cfg.name() / "train.log").read_text()
+    assert "epoch 2:" in (cfg.out / cfg.name() / "training.log").read_text()
     events = [json.loads(e) for e in  # one stream, every line whole, for the dashboard
               (cfg.out / cfg.name() / "events.jsonl").read_text().splitlines()]
     for kind in ("step", "epoch", "resources"):
@@ -187,7 +187,7 @@ def test_resume_continues_from_the_checkpoints(ipc_run):
     assert [h["epoch"] for h in row["history"]] == [1, 2, 3]
     assert row["steps"] == first["steps"] * 3 // 2 and row["models_agree"]
     assert row["test_accuracy"] > 0.9
-    assert "resumed from" in (cfg.out / cfg.name() / "train.log").read_text()
+    assert "resumed from" in (cfg.out / cfg.name() / "training.log").read_text()
 
 
 WARM = """
@@ -230,7 +230,7 @@ def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
         wait_for(run_dir / "events.jsonl", '"node": "node-2"')
         os.kill(info["pids"][2], signal.SIGKILL)
         killed = time.monotonic()
-        noticed = wait_for(run_dir / "train.log", "node-2 left", cfg.peer_timeout + 10)
+        noticed = wait_for(run_dir / "training.log", "node-2 left", cfg.peer_timeout + 10)
         assert noticed - killed < cfg.peer_timeout
         warm.stdin.write("go\n")
         warm.stdin.flush()
@@ -245,7 +245,7 @@ def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
     assert set(row["peers_left"][0]["seen_by"]) == {"node-0", "node-1"}
     assert [j["node"] for j in row["peers_joined"]] == ["node-2"]
     assert row["peers_finished"] == ["node-0", "node-1", "node-2"]
-    assert "rejoined at step" in (run_dir / "train.log").read_text()
+    assert "rejoined at step" in (run_dir / "training.log").read_text()
 
 
 def test_peers_refuse_a_swarm_with_another_config(tmp_path):

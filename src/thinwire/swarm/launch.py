@@ -2,7 +2,7 @@
 
 The launcher writes the config (`swarm.json`) and the peers' addresses and process ids
 (`peers.json`, with each peer's command line, so a killed peer can be started again by hand),
-starts the peers, follows the run's `train.log`, and when they are done builds the row from
+starts the peers, follows the run's `training.log`, and when they are done builds the row from
 the stats every peer incarnation wrote (`node-i/stats-<session>.json`): the ledger bytes of
 all peers, the bytes counted on their sockets, who left and who came back.
 """
@@ -50,7 +50,7 @@ def peer_command(index: int, peers: list[str], config: Path) -> list[str]:
 
 
 class Follow:
-    """Echo the lines a file gains (the run's train.log) while the peers run."""
+    """Echo the lines a file gains (the run's training.log) while the peers run."""
 
     def __init__(self, path: Path, echo: bool) -> None:
         self.path, self.echo, self.at = path, echo, path.stat().st_size if path.exists() else 0
@@ -77,7 +77,7 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     config.write_text(cfg.model_dump_json(indent=1))
     peers = addresses(cfg)
     events = EventLog(run_dir, cfg.name(), fresh=not cfg.resume, shared=True)  # peers append
-    follow = Follow(run_dir / "train.log", echo)
+    follow = Follow(run_dir / "training.log", echo)
     started, procs = time.time(), []
     try:
         for i in range(cfg.nodes):

@@ -47,7 +47,7 @@ Tensors = dict[str, torch.Tensor]
 
 
 class RunLog:
-    """The run's train.log, shared by its peers (one O_APPEND write per line), and stderr."""
+    """The run's training.log, shared by its peers (one O_APPEND write per line), and stderr."""
 
     def __init__(self, path: Path, name: str, echo: bool = True) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -73,7 +73,7 @@ class Peer:
         self.run_dir = Path(cfg.out) / cfg.name()
         self.dir = self.run_dir / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log: Callable[[str], None] = RunLog(self.run_dir / "train.log", self.name, echo)
+        self.log: Callable[[str], None] = RunLog(self.run_dir / "training.log", self.name, echo)
         self.task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model or self.task.model, self.task.num_classes,
