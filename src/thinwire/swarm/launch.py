@@ -190,13 +190,17 @@ def merged_history(records: list[dict[str, Any]], stats: list[dict[str, Any]]) -
 
 
 def merged_events(stats: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """Departures (or arrivals) as the peers saw them: one entry per node and step, first
-    report's time, and who saw it."""
+    """Departures (or arrivals) as the peers saw them: one entry per node and session (peers
+    may notice at different steps, gossip's especially), the first report's step and time,
+    and who saw it."""
     seen: dict[tuple[str, int], dict[str, Any]] = {}
     for s in stats:
         for e in s[key]:
-            entry = seen.setdefault((e["node"], e["step"]), {**e, "seen_by": []})
+            entry = seen.setdefault((e["node"], e.get("session", e["step"])),
+                                    {**e, "seen_by": []})
             entry["time"] = min(entry["time"], e["time"])
+            if e["step"] < entry["step"]:
+                entry.update(step=e["step"], epoch=e["epoch"])
             entry["seen_by"].append(s["node"])
     return sorted(seen.values(), key=lambda e: e["time"])
 

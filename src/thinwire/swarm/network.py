@@ -138,11 +138,11 @@ class Network:
         self.hellos[d.index] = h
         if known == d.session:
             return
+        if self.running and d.index in self.live:  # restarted before we noticed it had gone
+            self.declare_gone(d.index, "restarted (a new session said hello)")
         self.sessions[d.index] = d.session
         if not self.running:
             return
-        if d.index in self.live:  # restarted before we noticed it had gone
-            self.declare_gone(d.index, "restarted (a new session said hello)")
         self.peer.log(f"{h.name} says hello again (new session); answering")
         reply = Hello(self.peer.name, self.session, self.peer.digest, self.peer.model_hash(),
                       self.peer.step, reply=True)
@@ -158,8 +158,9 @@ class Network:
         self.down_since.pop(j, None)
         self.peer.forget(self.names[j], len(self.live))
         p = self.peer
-        self.departures.append({"node": self.names[j], "step": p.step, "epoch": p.epoch + 1,
-                                "time": time.time(), "reason": reason})
+        self.departures.append({"node": self.names[j], "session": self.sessions.get(j),
+                                "step": p.step, "epoch": p.epoch + 1, "time": time.time(),
+                                "reason": reason})
         p.log(f"{self.names[j]} left at step {p.step} (epoch {p.epoch + 1}): {reason}; "
               f"carrying on with {len(self.live)} peer(s)")
         p.events.emit("peer", node=p.name, peer=self.names[j], state="gone", step=p.step,
@@ -169,8 +170,8 @@ class Network:
         self.live.add(j)
         self.peer.forget(self.names[j], len(self.live))
         p = self.peer
-        self.arrivals.append({"node": self.names[j], "step": p.step, "epoch": p.epoch + 1,
-                              "time": time.time()})
+        self.arrivals.append({"node": self.names[j], "session": self.sessions.get(j),
+                              "step": p.step, "epoch": p.epoch + 1, "time": time.time()})
         p.log(f"{self.names[j]} takes part again from step {p.step}")
         p.events.emit("peer", node=p.name, peer=self.names[j], state="alive", step=p.step)
 
