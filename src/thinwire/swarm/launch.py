@@ -139,11 +139,13 @@ def read_stats(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
 
 
 def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    """The results row: the reference peer's evaluation, everyone's bytes and counts."""
+    """The results row: the reference peer's evaluation (`accuracy_of`; every peer's in
+    `peer_test_accuracy`, since gossip's models differ), everyone's bytes and counts, and the
+    slowest finished peer's simulated communication time."""
     done = [s for s in stats if s["finished"]]
     if not done:
         raise SwarmError("no peer finished the run")
-    ref = done[0]
+    ref, gossip = done[0], cfg.exchange == "gossip"  # gossip: models differ, not checked
     ledger = LinkLedger(hub="")
     for s in stats:
         ledger.absorb(LinkLedger.from_state(s["ledger"]))
@@ -153,7 +155,7 @@ def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> 
     history = merged_history(ref["records"], stats)
     common = run_common(cfg, ref["model"], cfg.nodes, ref["codec"], history[-1])
     extras = run_extras(cfg, history, ref["step"], ledger.wire_total,
-                        ref["counts"]["comm_time_s_sim"],
+                        max(s["counts"]["comm_time_s_sim"] for s in done),
                         max(s["counts"]["compute_time_s"] for s in done), elapsed,
                         count["samples"])
     # like the simulator's: samples over the time in steps (compute and exchange), the
@@ -168,7 +170,10 @@ def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> 
         bytes_socket_framing=sock["bytes_framing_sent"], bytes_update_wire=count["update_bytes"],
         peer_samples_per_s=sum(s["counts"]["samples"] / steps[s["node"]] for s in done)
         / len(done), comm_wait_s=max(s["counts"]["wait_time_s"] for s in done),
-        models_agree=len({s["final_hash"] for s in done}) == 1,
+        exchange=cfg.exchange, gossip_fanout=cfg.gossip_fanout if gossip else None,
+        accuracy_of=ref["node"], peer_test_accuracy={
+            s["node"]: s["records"][-1]["test_accuracy"] for s in done if s["records"]},
+        models_agree=None if gossip else len({s["final_hash"] for s in done}) == 1,
         peers_finished=[s["node"] for s in done], peers_left=merged_events(stats, "departures"),
         peers_joined=merged_events(stats, "arrivals"),
         malformed_frames=sum(s["malformed"] for s in stats),
