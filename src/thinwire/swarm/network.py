@@ -257,8 +257,9 @@ class Network:
             missing = [j for j in awaited if (j, step) not in self.inbox]
             if not missing:
                 return {j: self.inbox.pop((j, step)) for j in awaited}
-            for j in self.others():
-                self._check_alive(j, since if j in missing else None)
+            for j in self.others():  # an awaited peer whose message is here stays
+                if j in missing or j not in sources:
+                    self._check_alive(j, since if j in missing else None)
             self.pump(0.05)
 
     # ---- handing over state -------------------------------------------------------------
