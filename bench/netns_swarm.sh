@@ -27,9 +27,10 @@
 #   pred   = compute-only step time + comm
 # All peers send at once after their backward pass, so a peer's upload and its download run at
 # the same time on separate shapers, and the bridge forwards frame by frame (no store-and-
-# forward of whole messages): the exchange takes max(up, down), not up + down. The simulator's
-# own star formula (LinkModel.step_time: slowest upload, then slowest download, what the peers'
-# `comm_time_s_sim` accumulates) is printed beside it. TCP/IP/Ethernet headers (66 bytes per
+# forward of whole messages): the exchange takes max(up, down), not up + down. That is the
+# library's LinkModel.exchange_time, which the peers' own `comm_time_s_sim` also uses (over the
+# update bytes only); the star formula (LinkModel.step_time: slowest upload, then slowest
+# download) is printed beside it for comparison. TCP/IP/Ethernet headers (66 bytes per
 # 1448-byte segment at MTU 1500, +4.6%) are in neither: the link model counts application
 # bytes; the pr+hdr column shows the duplex prediction with them.
 #
@@ -195,8 +196,7 @@ for codec in codecs:
     update = (sum(s["counts"]["update_bytes"] for s in stats)
               / sum(s["counts"]["uploads"] for s in stats))
     ups, downs = [round(x) for x in sent], [round(x) for x in recv]
-    duplex = 1e3 * max(max(lk.up_time(u), lk.down_time(d))
-                       for lk, u, d in zip(link.links, ups, downs))
+    duplex = 1e3 * link.exchange_time(ups, downs)
     star = 1e3 * link.step_time(ups, downs)
     sim = 1e3 * max(s["counts"]["comm_time_s_sim"] / s["step"] for s in stats)  # the peers' own
     compute, measured = sum(per[False]) / n, sum(per[True]) / n
@@ -208,7 +208,7 @@ for codec in codecs:
     rows.append(dict(codec=codec, update_bytes=update, sent_bytes_per_step=sum(sent) / n,
                      received_bytes_per_step=sum(recv) / n, compute_ms=compute,
                      measured_ms=measured, comm_pred_ms=duplex, predicted_ms=pred,
-                     ratio=measured / pred, star_comm_ms=star, star_sim_comm_ms=sim,
+                     ratio=measured / pred, star_comm_ms=star, sim_comm_ms=sim,
                      ratio_star=measured / pstar, predicted_hdr_ms=phdr,
                      ratio_hdr=measured / phdr, compute_ms_per_peer=per[False],
                      measured_ms_per_peer=per[True], intervals_shaped=count[True],

@@ -25,7 +25,7 @@ for case in $CASES; do
     kill)
       "$TW" swarm "${COMMON[@]}" --threads 1 --transport ipc --run-name swarm-ipc-kill &
       launcher=$!
-      log="$OUT/swarm-ipc-kill/train.log"
+      log="$OUT/swarm-ipc-kill/training.log"
       until [ -f "$log" ] && grep -q "\] epoch 1:" "$log"; do sleep 1; done
       sleep 10  # well inside epoch 2
       pid=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['pids'][3])" \

@@ -36,6 +36,12 @@ def test_bandwidth_units_and_link_arithmetic():
     model = LinkModel([link, Link(8e6, 8e6, 0.0)])
     # slowest upload (node 0: 1.01 s) + slowest download (node 1: 2 MB at 1 MB/s)
     assert model.step_time([1_000_000, 500_000], [2_000_000, 2_000_000]) == pytest.approx(3.01)
+    # full duplex, peer to peer: node 0 max(up 1.01, down 0.01 + 4 MB at 2 MB/s = 2.01),
+    # node 1 max(up 3 MB at 1 MB/s = 3.0, down 0.5) -> 3.0 (the star would say 3.0 + 2.01)
+    assert model.exchange_time([1_000_000, 3_000_000], [4_000_000, 500_000]) == \
+        pytest.approx(3.0)
+    assert model.exchange_time([1_000_000, 0], [0, 1_000_000]) == pytest.approx(1.01)
+    assert model.exchange_time([0, 0], [0, 0]) == 0.0
     ring = LinkModel.build(4, "8mbit")
     assert ring.ring_allreduce_time(4_000_000) == pytest.approx(2 * 3 * 1.0)
     with pytest.raises(ConfigError, match="bandwidths given"):

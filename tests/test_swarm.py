@@ -25,12 +25,14 @@ zmq = pytest.importorskip("zmq")
 from thinwire.errors import ConfigError  # noqa: E402
 from thinwire.exchange.transport import TransportError  # noqa: E402
 from thinwire.exchange.zmq import Delivery, ZmqTransport  # noqa: E402
+from thinwire.obs.ledger import LinkLedger  # noqa: E402
 from thinwire.sim.config import RunConfig  # noqa: E402
 from thinwire.sim.config import validate as sim_config  # noqa: E402
 from thinwire.sim.experiment import run_experiment  # noqa: E402
 from thinwire.swarm.config import validate  # noqa: E402
-from thinwire.swarm.launch import launch  # noqa: E402
+from thinwire.swarm.launch import launch, read_stats  # noqa: E402
 from thinwire.swarm.protocol import SwarmError  # noqa: E402
+from thinwire.swarm.schedule import Schedule  # noqa: E402
 
 SYNTH = {"task": "synthetic", "task_args": {"n_samples": 400, "num_classes": 4, "dim": 8},
          "nodes": 2, "epochs": 2, "batch_size": 16, "lr": 0.05, "threads": 1,
@@ -119,6 +121,24 @@ def test_swarm_config_refuses_what_a_swarm_cannot_do():
     assert validate(SYNTH).digest() == validate({**SYNTH, "resume": True}).digest()
 
 
+def test_gossip_schedule_and_what_gossip_refuses():
+    for nodes, k in ((4, 2), (16, 3)):
+        schedule = Schedule(nodes, 0, k)
+        for step in range(20):  # every peer sends K and hears from K; all agree on it
+            targets = {i: schedule.targets(step, i) for i in range(nodes)}
+            assert all(len(t) == k and i not in t for i, t in targets.items())
+            assert all(schedule.sources(step, i) == {j for j in targets if i in targets[j]}
+                       for i in range(nodes))
+        assert Schedule(nodes, 0, k).shifts(7) == schedule.shifts(7)
+    gossip = {**SYNTH, "nodes": 4, "exchange": "gossip"}
+    for bad, text in (({"gossip_fanout": 3}, "use --exchange all"),
+                      ({"codec": "laq"}, "stateless codec"),
+                      ({"skipped": "accumulate"}, "reuse or drop")):
+        with pytest.raises(ConfigError, match=text):
+            validate({**gossip, **bad})
+    assert validate(gossip).digest() != validate({**gossip, "gossip_fanout": 1}).digest()
+
+
 def inject_garbage(run_dir: Path, stop: threading.Event) -> None:
     """Connect to node-0 as a stranger and send frames that do not parse."""
     while not (run_dir / "peers.json").exists() and not stop.is_set():
@@ -162,7 +182,7 @@ def test_ipc_swarm_learns_agrees_and_counts_bytes_truly(ipc_run):
     assert row["malformed_frames"] >= 3 and row["hash_checks"] > 0
     lines = (cfg.out / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["run_name"] == row["run_name"]
-    assert "epoch 2:" in (cfg.out / cfg.name() / "train.log").read_text()
+    assert "epoch 2:" in (cfg.out / cfg.name() / "training.log").read_text()
     events = [json.loads(e) for e in  # one stream, every line whole, for the dashboard
               (cfg.out / cfg.name() / "events.jsonl").read_text().splitlines()]
     for kind in ("step", "epoch", "resources"):
@@ -187,7 +207,7 @@ def test_resume_continues_from_the_checkpoints(ipc_run):
     assert [h["epoch"] for h in row["history"]] == [1, 2, 3]
     assert row["steps"] == first["steps"] * 3 // 2 and row["models_agree"]
     assert row["test_accuracy"] > 0.9
-    assert "resumed from" in (cfg.out / cfg.name() / "train.log").read_text()
+    assert "resumed from" in (cfg.out / cfg.name() / "training.log").read_text()
 
 
 WARM = """
@@ -230,7 +250,7 @@ def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
         wait_for(run_dir / "events.jsonl", '"node": "node-2"')
         os.kill(info["pids"][2], signal.SIGKILL)
         killed = time.monotonic()
-        noticed = wait_for(run_dir / "train.log", "node-2 left", cfg.peer_timeout + 10)
+        noticed = wait_for(run_dir / "training.log", "node-2 left", cfg.peer_timeout + 10)
         assert noticed - killed < cfg.peer_timeout
         warm.stdin.write("go\n")
         warm.stdin.flush()
@@ -245,7 +265,7 @@ def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
     assert set(row["peers_left"][0]["seen_by"]) == {"node-0", "node-1"}
     assert [j["node"] for j in row["peers_joined"]] == ["node-2"]
     assert row["peers_finished"] == ["node-0", "node-1", "node-2"]
-    assert "rejoined at step" in (run_dir / "train.log").read_text()
+    assert "rejoined at step" in (run_dir / "training.log").read_text()
 
 
 def test_peers_refuse_a_swarm_with_another_config(tmp_path):
@@ -333,3 +353,70 @@ def test_a_diverged_peer_takes_the_reference_state(tmp_path):
     stats = swarm_in_threads(cfg, knock)
     assert stats[1]["counts"]["hash_mismatches"] >= 1 and stats[1]["counts"]["resyncs"] >= 1
     assert stats[0]["final_hash"] == stats[1]["final_hash"]
+
+
+def test_ipc_gossip_swarm_sends_k_updates_per_step(tmp_path):
+    """4 peers, fanout 2, on the shipped digits: each sends every update to 2 peers, the
+    ledger and the sockets agree, and the record says whose accuracy it reports."""
+    cfg = validate({"task": "mnist", "nodes": 4, "exchange": "gossip", "gossip_fanout": 2,
+                    "epochs": 1, "batch_size": 32, "threads": 1, "checkpoint_every": 0,
+                    "transport": "ipc", "out": tmp_path})
+    row = launch(cfg, echo=False)
+    assert (row["exchange"], row["gossip_fanout"], row["accuracy_of"]) == ("gossip", 2, "node-0")
+    assert row["models_agree"] is None and row["hash_checks"] == 0
+    assert row["test_accuracy"] == row["peer_test_accuracy"]["node-0"] > 0.6  # chance: 0.1
+    assert min(row["peer_test_accuracy"].values()) > 0.6 and len(row["peer_test_accuracy"]) == 4
+    assert row["bytes_wire_total"] == 2 * row["bytes_update_wire"]  # not N-1 = 3 copies
+    ledger = row["bytes_wire_total"] + row["bytes_control"]
+    assert ledger == row["bytes_socket_total"] == row["bytes_socket_received"]
+    for s in read_stats(tmp_path / cfg.name()):  # every peer: 2 updates' bytes per step
+        sent = LinkLedger.from_state(s["ledger"]).totals()
+        assert s["counts"]["uploads"] == s["step"] == row["steps"]
+        assert sent["up_wire"] == 2 * s["counts"]["update_bytes"]
+        assert sent["up_wire"] + sent["control"] == s["socket"]["bytes_socket_sent"]
+    assert "epoch 1:" in (tmp_path / cfg.name() / "training.log").read_text()
+
+
+def test_gossip_carries_on_without_a_peer_that_leaves_and_takes_it_back(tmp_path):
+    """Peer 3's sockets close at step 4 (as after kill -9): it is skipped in the schedule,
+    every other peer notices (waiting for it or not); started again, it rejoins and all
+    finish."""
+    from thinwire.swarm.peer import Peer
+
+    cfg = validate({**SYNTH, "nodes": 4, "exchange": "gossip", "epochs": 6,
+                    "checkpoint_every": 0, "out": tmp_path})
+
+    class Killed(Exception):
+        pass
+
+    def leave(peers):
+        dead, run = peers[3], peers[3].run
+        steps = {p: p._one_step for p in peers}
+
+        def slow(p) -> None:
+            """Steps slow enough for the restart to rejoin before the end; a peer asked for
+            its state dawdles, so others may run ahead of its join notice (_skip_missed)."""
+            if p is dead and p.step == 4:
+                raise Killed  # run() closes the peer's sockets
+            time.sleep(1.0 if p.net.requests else 0.05)
+            steps[p]()
+
+        def restart() -> dict:
+            with pytest.raises(Killed):
+                run()
+            end = time.monotonic() + 20
+            while any(3 in p.net.live for p in peers[:3]) and time.monotonic() < end:
+                time.sleep(0.05)  # every other peer saw it go: restart
+            return Peer(cfg, 3, dead.net.transport.addresses, echo=False).run()
+
+        for p in peers:
+            p._one_step = lambda p=p: slow(p)
+        dead.run = restart
+
+    stats = swarm_in_threads(cfg, leave)
+    assert all(s["finished"] and s["step"] == stats[0]["step"] > 20 for s in stats)
+    assert stats[3]["joined_at"] > 4
+    for s in stats[:3]:
+        assert [(d["node"], d["reason"]) for d in s["departures"]] == \
+            [("node-3", "its socket closed")]
+        assert [a["node"] for a in s["arrivals"]] == ["node-3"]

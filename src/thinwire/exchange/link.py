@@ -1,8 +1,10 @@
 """Link model: how long a set of transfers would take on links of given bandwidth and latency.
 
 Star topology (every node talks to an aggregator over its own uplink/downlink): a step's
-communication time is the slowest node's upload plus the slowest node's download. A ring
-all-reduce formula is available for dense synchronous training.
+communication time is the slowest node's upload plus the slowest node's download. Peer to peer
+(a swarm on full-duplex links): every peer uploads its copies while it downloads the others',
+so the exchange lasts as long as the slowest peer's longer direction. A ring all-reduce formula
+is available for dense synchronous training.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ class LinkModel:
         up = max((lk.up_time(b) for lk, b in zip(self.links, up_bytes)), default=0.0)
         down = max((lk.down_time(b) for lk, b in zip(self.links, down_bytes)), default=0.0)
         return up + down
+
+    def exchange_time(self, sent: list[int], received: list[int]) -> float:
+        """Seconds for a peer-to-peer exchange on full-duplex links: peer i uploads `sent[i]`
+        bytes (every copy it sends shares its uplink) while it downloads `received[i]`, so the
+        two directions overlap; the slowest peer's longer one decides (latency counted once)."""
+        return max((max(lk.up_time(s), lk.down_time(r))
+                    for lk, s, r in zip(self.links, sent, received)), default=0.0)
 
     def ring_allreduce_time(self, nbytes: int) -> float:
         """Bandwidth-optimal ring all-reduce of `nbytes` per node: 2(N-1)/N * bytes / B."""

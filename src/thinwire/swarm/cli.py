@@ -2,6 +2,7 @@
 runs over several machines). Both take every `thinwire run` flag (generated from the config).
 
     thinwire swarm --nodes 4 --transport tcp --epochs 3 --dashboard 3000
+    thinwire swarm --nodes 12 --exchange gossip --gossip-fanout 2
     thinwire peer --id 1 --peers tcp://h0:5555,tcp://h1:5555 -c swarm.json
 """
 
@@ -46,9 +47,16 @@ def swarm(argv: list[str] | None) -> int:
         row = launch(cfg, echo=not args.no_progress)
     sockets = (f"bytes: ledger {row['bytes_wire_total'] + row['bytes_control']} "
                f"(wire {row['bytes_wire_total']}, control {row['bytes_control']}), "
-               f"sockets {row['bytes_socket_total']}; models agree: {row['models_agree']}")
+               f"sockets {row['bytes_socket_total']}; " + agreement(row))
     print(result_text(row, cfg.out, args.json, sockets))
     return 0
+
+
+def agreement(row: dict) -> str:
+    if row["models_agree"] is not None:
+        return f"models agree: {row['models_agree']}"
+    accs = ", ".join(f"{n} {100 * a:.2f}%" for n, a in row["peer_test_accuracy"].items())
+    return f"gossip: models differ by design; accuracy is {row['accuracy_of']}'s ({accs})"
 
 
 def peer(argv: list[str] | None) -> int:

@@ -2,7 +2,7 @@
 
 The launcher writes the config (`swarm.json`) and the peers' addresses and process ids
 (`peers.json`, with each peer's command line, so a killed peer can be started again by hand),
-starts the peers, follows the run's `train.log`, and when they are done builds the row from
+starts the peers, follows the run's `training.log`, and when they are done builds the row from
 the stats every peer incarnation wrote (`node-i/stats-<session>.json`): the ledger bytes of
 all peers, the bytes counted on their sockets, who left and who came back.
 """
@@ -50,7 +50,7 @@ def peer_command(index: int, peers: list[str], config: Path) -> list[str]:
 
 
 class Follow:
-    """Echo the lines a file gains (the run's train.log) while the peers run."""
+    """Echo the lines a file gains (the run's training.log) while the peers run."""
 
     def __init__(self, path: Path, echo: bool) -> None:
         self.path, self.echo, self.at = path, echo, path.stat().st_size if path.exists() else 0
@@ -77,7 +77,7 @@ def launch(cfg: SwarmConfig, echo: bool = True) -> dict[str, Any]:
     config.write_text(cfg.model_dump_json(indent=1))
     peers = addresses(cfg)
     events = EventLog(run_dir, cfg.name(), fresh=not cfg.resume, shared=True)  # peers append
-    follow = Follow(run_dir / "train.log", echo)
+    follow = Follow(run_dir / "training.log", echo)
     started, procs = time.time(), []
     try:
         for i in range(cfg.nodes):
@@ -139,11 +139,13 @@ def read_stats(run_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
 
 
 def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    """The results row: the reference peer's evaluation, everyone's bytes and counts."""
+    """The results row: the reference peer's evaluation (`accuracy_of`; every peer's in
+    `peer_test_accuracy`, since gossip's models differ), everyone's bytes and counts, and the
+    slowest finished peer's simulated communication time."""
     done = [s for s in stats if s["finished"]]
     if not done:
         raise SwarmError("no peer finished the run")
-    ref = done[0]
+    ref, gossip = done[0], cfg.exchange == "gossip"  # gossip: models differ, not checked
     ledger = LinkLedger(hub="")
     for s in stats:
         ledger.absorb(LinkLedger.from_state(s["ledger"]))
@@ -153,7 +155,7 @@ def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> 
     history = merged_history(ref["records"], stats)
     common = run_common(cfg, ref["model"], cfg.nodes, ref["codec"], history[-1])
     extras = run_extras(cfg, history, ref["step"], ledger.wire_total,
-                        ref["counts"]["comm_time_s_sim"],
+                        max(s["counts"]["comm_time_s_sim"] for s in done),
                         max(s["counts"]["compute_time_s"] for s in done), elapsed,
                         count["samples"])
     # like the simulator's: samples over the time in steps (compute and exchange), the
@@ -168,7 +170,10 @@ def swarm_row(cfg: SwarmConfig, stats: list[dict[str, Any]], elapsed: float) -> 
         bytes_socket_framing=sock["bytes_framing_sent"], bytes_update_wire=count["update_bytes"],
         peer_samples_per_s=sum(s["counts"]["samples"] / steps[s["node"]] for s in done)
         / len(done), comm_wait_s=max(s["counts"]["wait_time_s"] for s in done),
-        models_agree=len({s["final_hash"] for s in done}) == 1,
+        exchange=cfg.exchange, gossip_fanout=cfg.gossip_fanout if gossip else None,
+        accuracy_of=ref["node"], peer_test_accuracy={
+            s["node"]: s["records"][-1]["test_accuracy"] for s in done if s["records"]},
+        models_agree=None if gossip else len({s["final_hash"] for s in done}) == 1,
         peers_finished=[s["node"] for s in done], peers_left=merged_events(stats, "departures"),
         peers_joined=merged_events(stats, "arrivals"),
         malformed_frames=sum(s["malformed"] for s in stats),
@@ -190,13 +195,17 @@ def merged_history(records: list[dict[str, Any]], stats: list[dict[str, Any]]) -
 
 
 def merged_events(stats: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """Departures (or arrivals) as the peers saw them: one entry per node and step, first
-    report's time, and who saw it."""
+    """Departures (or arrivals) as the peers saw them: one entry per node and session (peers
+    may notice at different steps, gossip's especially), the first report's step and time,
+    and who saw it."""
     seen: dict[tuple[str, int], dict[str, Any]] = {}
     for s in stats:
         for e in s[key]:
-            entry = seen.setdefault((e["node"], e["step"]), {**e, "seen_by": []})
+            entry = seen.setdefault((e["node"], e.get("session", e["step"])),
+                                    {**e, "seen_by": []})
             entry["time"] = min(entry["time"], e["time"])
+            if e["step"] < entry["step"]:
+                entry.update(step=e["step"], epoch=e["epoch"])
             entry["seen_by"].append(s["node"])
     return sorted(seen.values(), key=lambda e: e["time"])
 

@@ -1,9 +1,10 @@
 """A peer's view of the swarm: who is alive, what arrived, and the control plane.
 
 Peers start with a hello to everyone (same config, same initial model, same step, else a
-clear error). In each step a peer sends its update (or a skip notice) to every live peer and
-waits for theirs; a peer whose socket closed (kill -9) or that stayed silent past
-`peer_timeout` is declared gone, logged, and the others carry on without it.
+clear error). In each step a peer sends its update (or a skip notice) to the live peers the
+schedule names (schedule.py: every other, or gossip's K) and waits for those it hears from; a
+peer whose socket closed (kill -9) or that stayed silent past `peer_timeout` while awaited is
+declared gone, logged, and the others carry on without it (gossip skips it in the schedule).
 
 A restarted peer says hello with a new session; a running peer answers, and the lowest one
 that answered hands it the state at the start of its next step and tells everyone else, before
@@ -22,6 +23,7 @@ from ..errors import WireError
 from ..exchange.zmq import Delivery, LinkEvent, ZmqTransport
 from ..wire.state import decode_state, encode_state
 from .protocol import Hello, Msg, Request, SwarmError, skip_bytes
+from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .peer import Peer
@@ -39,7 +41,11 @@ class Outgoing:
     raw: int
     kind: str
     tag: int
+    to: set[int] | None = None  # None: every live peer
     sent_to: set[int] = field(default_factory=set)
+
+    def wants(self, j: int) -> bool:
+        return j not in self.sent_to and (self.to is None or j in self.to)
 
 
 class Network:
@@ -52,6 +58,8 @@ class Network:
         self.session = self.transport.session
         self.sessions: dict[int, int] = {self.me: self.session}
         self.live: set[int] = set(range(len(addresses)))
+        self.schedule = Schedule(len(addresses), cfg.seed,
+                                 cfg.gossip_fanout if cfg.exchange == "gossip" else None)
         self.running = False
         self.inbox: dict[tuple[int, int], Delivery] = {}
         self.hellos: dict[int, Hello] = {}
@@ -77,10 +85,21 @@ class Network:
                             step=step, tag=tag)
 
     def broadcast(self, msg: Msg, data: bytes, step: int, tag: int = 0, raw: int = 0,
-                  kind: str = "control") -> None:
-        self.current = Outgoing(step, msg, data, raw, kind, tag)
+                  kind: str = "control", to: set[int] | None = None) -> int:
+        """To every live peer (or those in `to`); kept for a peer admitted meanwhile.
+        Returns how many peers it went to."""
+        self.current = Outgoing(step, msg, data, raw, kind, tag, to)
         for j in self.others():
-            self._send_current(j)
+            if self.current.wants(j):
+                self._send_current(j)
+        return len(self.current.sent_to)
+
+    def send_step(self, msg: Msg, data: bytes, step: int, tag: int = 0, raw: int = 0,
+                  kind: str = "control") -> int:
+        """This step's update or skip notice to the live peers the schedule names; returns
+        how many it went to."""
+        return self.broadcast(msg, data, step, tag, raw, kind,
+                              self.schedule.targets(step, self.me))
 
     def _send_current(self, j: int) -> None:
         c = self.current
@@ -138,11 +157,11 @@ class Network:
         self.hellos[d.index] = h
         if known == d.session:
             return
+        if self.running and d.index in self.live:  # restarted before we noticed it had gone
+            self.declare_gone(d.index, "restarted (a new session said hello)")
         self.sessions[d.index] = d.session
         if not self.running:
             return
-        if d.index in self.live:  # restarted before we noticed it had gone
-            self.declare_gone(d.index, "restarted (a new session said hello)")
         self.peer.log(f"{h.name} says hello again (new session); answering")
         reply = Hello(self.peer.name, self.session, self.peer.digest, self.peer.model_hash(),
                       self.peer.step, reply=True)
@@ -158,8 +177,9 @@ class Network:
         self.down_since.pop(j, None)
         self.peer.forget(self.names[j], len(self.live))
         p = self.peer
-        self.departures.append({"node": self.names[j], "step": p.step, "epoch": p.epoch + 1,
-                                "time": time.time(), "reason": reason})
+        self.departures.append({"node": self.names[j], "session": self.sessions.get(j),
+                                "step": p.step, "epoch": p.epoch + 1, "time": time.time(),
+                                "reason": reason})
         p.log(f"{self.names[j]} left at step {p.step} (epoch {p.epoch + 1}): {reason}; "
               f"carrying on with {len(self.live)} peer(s)")
         p.events.emit("peer", node=p.name, peer=self.names[j], state="gone", step=p.step,
@@ -169,8 +189,8 @@ class Network:
         self.live.add(j)
         self.peer.forget(self.names[j], len(self.live))
         p = self.peer
-        self.arrivals.append({"node": self.names[j], "step": p.step, "epoch": p.epoch + 1,
-                              "time": time.time()})
+        self.arrivals.append({"node": self.names[j], "session": self.sessions.get(j),
+                              "step": p.step, "epoch": p.epoch + 1, "time": time.time()})
         p.log(f"{self.names[j]} takes part again from step {p.step}")
         p.events.emit("peer", node=p.name, peer=self.names[j], state="alive", step=p.step)
 
@@ -185,8 +205,16 @@ class Network:
                 if j not in self.live:
                     self.admit(j)
                 c = self.current
-                if c is not None and c.step == step and j not in c.sent_to:
+                if c is not None and c.step == step and c.wants(j):
                     self._send_current(j)
+                self._skip_missed(j, at, step)
+
+    def _skip_missed(self, j: int, joined: int, step: int) -> None:
+        """Gossip lets a peer run steps ahead of a join notice: for the steps since `joined`
+        that it passed without `j`, tell `j` it sat them out, so `j` does not wait for it."""
+        for s in range(joined, step):
+            if j in self.schedule.targets(s, self.me):
+                self.send_to(j, Msg.SKIP, skip_bytes(self.peer.name, s, "joined late"), s)
 
     def view(self) -> dict[str, str]:
         """Every peer's state as this peer sees it (for events and the dashboard)."""
@@ -197,14 +225,18 @@ class Network:
                          else "gone" if name in gone else "absent")
         return out
 
-    def _check_alive(self, j: int, since: float) -> None:
+    def _check_alive(self, j: int, since: float | None) -> None:
+        """An awaited peer (`since`: when the wait began) that finished, closed its socket or
+        stayed silent is out; one not awaited (None) only when its socket closed."""
         now = time.monotonic()
         down = self.down_since.get(j)
         if j in self.finished:
-            self.live.discard(j)
+            if since is not None:
+                self.live.discard(j)
         elif down is not None and now - down > DOWN_GRACE:
             self.declare_gone(j, "its socket closed")
-        elif now - max(since, self.heard.get(j, since)) > self.cfg.peer_timeout:
+        elif since is not None and now - max(since, self.heard.get(j, since)) > \
+                self.cfg.peer_timeout:
             self.declare_gone(j, f"silent for {self.cfg.peer_timeout:.0f}s")
 
     # ---- one step -----------------------------------------------------------------------
@@ -215,16 +247,19 @@ class Network:
         self.inbox = {k: v for k, v in self.inbox.items() if k[1] >= step}
 
     def collect(self, step: int) -> dict[int, Delivery]:
-        """Every live peer's message of `step` (peers that leave meanwhile are dropped)."""
-        since = time.monotonic()
+        """The message of `step` of every live peer this one hears from (every other, or
+        gossip's sources); peers that leave meanwhile are dropped."""
+        since, sources = time.monotonic(), self.schedule.sources(step, self.me)
         while True:
             self.apply_joins(step)
             self.answer_requests(step, begin=False)
-            missing = [j for j in self.others() if (j, step) not in self.inbox]
+            awaited = [j for j in self.others() if j in sources]
+            missing = [j for j in awaited if (j, step) not in self.inbox]
             if not missing:
-                return {j: self.inbox.pop((j, step)) for j in self.others()}
-            for j in missing:
-                self._check_alive(j, since)
+                return {j: self.inbox.pop((j, step)) for j in awaited}
+            for j in self.others():  # an awaited peer whose message is here stays
+                if j in missing or j not in sources:
+                    self._check_alive(j, since if j in missing else None)
             self.pump(0.05)
 
     # ---- handing over state -------------------------------------------------------------
@@ -310,7 +345,8 @@ class Network:
         if h.step != mine.step:
             raise SwarmError(f"{h.name} starts at step {h.step}, this peer at {mine.step}: "
                              "resume every peer from the same checkpoints or none")
-        if h.model != mine.model:
+        resumed_gossip = self.schedule.gossip and mine.step > 0  # its models differ
+        if h.model != mine.model and not resumed_gossip:
             raise SwarmError(f"{h.name} starts from another model (hash {h.model:x}, ours "
                              f"{mine.model:x}): same --seed, --model and checkpoints everywhere")
 

@@ -1,11 +1,13 @@
-"""One swarm peer: a node that trains on its shard and exchanges updates with every other peer.
+"""One swarm peer: a node that trains on its shard and exchanges updates with the others.
 
 Each step (sync) or round (fedavg) the peer computes its contribution (tasks/step.py), lets its
 `Sender` decide and encode (codec and policy from the config), sends the serialized `Update`
-to every live peer (or a skip notice), collects theirs (network.py), decodes each with its
-`Receiver` (its own bytes too, so every peer combines exactly the same tensors), combines them
-with the `Strategy` and applies the result. In sync mode every peer therefore ends each step
-with the same model; the hash of the model rides on every update every `hash_every` steps.
+(or a skip notice) to the live peers the schedule names, collects theirs (network.py), decodes
+each with its `Receiver` (its own bytes too, so every peer combines exactly the same tensors),
+combines them with the `Strategy` and applies the result. All-to-all, every peer therefore
+ends each step with the same model; the hash of the model rides on every update every
+`hash_every` steps. Gossip (D-PSGD style): a peer combines its own contribution with the K it
+heard, so models differ across peers and nothing is hash-checked.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ from ..wire import serialize_update
 from .config import SwarmConfig
 from .network import Network
 from .protocol import Msg, model_hash, parse_skip, skip_bytes
+from .schedule import step_bytes
 from .state import PeerState
 
 Tensors = dict[str, torch.Tensor]
 
 
 class RunLog:
-    """The run's train.log, shared by its peers (one O_APPEND write per line), and stderr."""
+    """The run's training.log, shared by its peers (one O_APPEND write per line), and stderr."""
 
     def __init__(self, path: Path, name: str, echo: bool = True) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -73,7 +76,7 @@ class Peer:
         self.run_dir = Path(cfg.out) / cfg.name()
         self.dir = self.run_dir / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log: Callable[[str], None] = RunLog(self.run_dir / "train.log", self.name, echo)
+        self.log: Callable[[str], None] = RunLog(self.run_dir / "training.log", self.name, echo)
         self.task = task or load_task(cfg.task, cfg.data_dir, cfg.download, **cfg.task_args)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model or self.task.model, self.task.num_classes,
@@ -179,7 +182,8 @@ class Peer:
         t0 = time.perf_counter()
         force, self.hash_force = self.hash_force > 0, max(self.hash_force - 1, 0)
         every = self.cfg.hash_every
-        self._tag = self.model_hash() if force or (every and self.step % every == 0) else 0
+        check = force or bool(every and self.step % every == 0)
+        self._tag = self.model_hash() if check and not self.net.schedule.gossip else 0
         wait0 = self.counts["wait_time_s"]
         diverged = self._sync_step() if self.cfg.mode == "sync" else self._fedavg_round()
         self.counts["compute_time_s"] += (time.perf_counter() - t0
@@ -238,18 +242,20 @@ class Peer:
     # ---- one exchange -------------------------------------------------------------------
     def _offer(self, tensors: Tensors, confidence: float, samples: int, kind: str,
                extra: TensorSet | None = None) -> bytes | None:
-        """Policy and encoding (Sender); the Update (or a skip notice) goes to every peer."""
+        """Policy and encoding (Sender); the Update (or a skip notice) goes to the peers the
+        schedule names."""
         proposal = self.sender.propose(self.packing.pack(tensors), self.step, confidence)
         if not proposal.send:
-            self.ledger.skip(self.name, self.raw_bytes * (len(self.net.live) - 1))
             self.counts["skipped"] += 1
-            self.net.broadcast(Msg.SKIP, skip_bytes(self.name, self.step, proposal.reason),
-                               self.step, tag=self._tag)
+            sent = self.net.send_step(Msg.SKIP, skip_bytes(self.name, self.step,
+                                                           proposal.reason),
+                                      self.step, tag=self._tag)
+            self.ledger.skip(self.name, self.raw_bytes * sent)
             return None
         update = self.sender.message(proposal, extra, round=self.step, seq=self.step,
                                      confidence=confidence, num_samples=samples, kind=kind)
         data = serialize_update(update)
-        self.net.broadcast(Msg.UPDATE, data, self.step, tag=self._tag, raw=self.raw_bytes,
+        self.net.send_step(Msg.UPDATE, data, self.step, tag=self._tag, raw=self.raw_bytes,
                            kind="payload")
         self.counts["uploads"] += 1
         self.counts["update_bytes"] += len(data)
@@ -270,7 +276,13 @@ class Peer:
         for j in sorted(bodies):
             self._submit(self.names[j], bodies[j])
         self._account({j: len(b) for j, b in bodies.items()})
-        return self.strategy.result(), diverged
+        return self.strategy.result(exclude=self._unheard()), diverged
+
+    def _unheard(self) -> set[str]:
+        """Gossip: the peers this step does not hear from, whose last contributions the
+        strategy must not reuse (it reuses only those of heard peers that skipped)."""
+        heard = self.net.schedule.sources(self.step, self.index) | {self.index}
+        return {n for j, n in enumerate(self.names) if j not in heard}
 
     def _check_skip(self, d: Delivery) -> None:
         try:
@@ -305,13 +317,11 @@ class Peer:
         return True
 
     def _account(self, sizes: dict[int, int]) -> None:
-        """Simulated all-to-all time of this step: each peer uploads its update to the n-1
-        others and downloads theirs (the link model of `--bandwidth`)."""
-        n, nodes = len(self.net.live), len(self.names)
-        ups = [sizes.get(j, 0) * (n - 1) for j in range(nodes)]
-        downs = [sum(v for k, v in sizes.items() if k != j) if j in self.net.live else 0
-                 for j in range(nodes)]
-        self.counts["comm_time_s_sim"] += self.link.step_time(ups, downs)
+        """Simulated time of this step's exchange on full-duplex links (`--bandwidth`,
+        `LinkModel.exchange_time`): a peer uploads a copy per receiver while it downloads."""
+        sent, received = step_bytes(self.net.schedule, self.step, self.net.live, self.index,
+                                    sizes)
+        self.counts["comm_time_s_sim"] += self.link.exchange_time(sent, received)
 
     # ---- epochs, events, stats ----------------------------------------------------------
     def _finish_epoch(self) -> None:

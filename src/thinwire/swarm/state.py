@@ -1,8 +1,8 @@
 """A peer's state: what it hands to a rejoining or diverged peer, and its checkpoint.
 
 The shared part (model, optimizer, strategy, LAQ history, decoders, step, epoch, records) is
-the same on every peer in sync mode, so any live peer can hand it over, as hivemind's
-`load_state_from_peers` does. A checkpoint adds what is the peer's own (its Sender, its data
+the same on every peer in sync mode all-to-all, so any live peer can hand it over, as
+hivemind's `load_state_from_peers` does (gossip: the handing peer's own, one of several). A checkpoint adds what is the peer's own (its Sender, its data
 stream, ledger, counters, RNG). Both travel as a state blob (wire/state.py): no pickle.
 """
 
