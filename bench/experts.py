@@ -13,6 +13,11 @@ test 11-510), Spider train/dev for sql, a fixed 10% (every tenth row) of docs. E
 specialty's worker then gets the same wall-clock budget through the runtime's own worker
 loop and coordinator state machine (in process: `LocalLink`, the same serialized bodies as
 over HTTP); the all-data model gets the three budgets together with the same FFA-LoRA.
+
+Routing is measured both ways on the held-out prompts: nearest centroid of base embeddings,
+and lowest prompt loss under each expert (which needs experts trained on their prompts too:
+`--prompt-loss`, the default here; `--no-prompt-loss` trains on the answers only, as the
+runs in bench/RESULTS.md before loss routing did).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from thinwire.experts.config import load_config
+from thinwire.experts.config import ROUTING, load_config
 from thinwire.experts.core import ExpertsCoordinator
 from thinwire.experts.gateway import Gateway
 from thinwire.experts.link import LocalLink
@@ -85,7 +90,8 @@ def train_experts(args: argparse.Namespace, base_dir: Path, train: dict[str, lis
                   merge: str) -> ExpertsCoordinator:
     cfg = load_config(None, {"base_model": str(base_dir), "codec": args.codec,
                              "lora_rank": args.rank, "lora_targets": args.targets,
-                             "merge": merge, "run_name": "bench"})
+                             "merge": merge, "run_name": "bench",
+                             "prompt_loss": args.prompt_loss})
     shutil.rmtree(args.out / "state", ignore_errors=True)
     co = ExpertsCoordinator(cfg, load_base(base_dir), args.out / "state")
     for spec in SPECIALTIES:
@@ -110,8 +116,9 @@ def all_data_model(args: argparse.Namespace, base_dir: Path, train: dict[str, li
     base = load_base(base_dir)
     rows = [r for spec in SPECIALTIES for r in train[spec]]
     tuning = FFALora(args.rank, 16.0, tuple(args.targets), specialty_seed(0, "all"))
-    trainer = Trainer(base.model, tuning, encode_rows(base.tokenizer, rows, args.max_length),
-                      base.tokenizer.pad_token_id, args.lr, args.batch_size)
+    examples = encode_rows(base.tokenizer, rows, args.max_length, args.prompt_loss)
+    trainer = Trainer(base.model, tuning, examples, base.tokenizer.pad_token_id, args.lr,
+                      args.batch_size)
     trainer.train_for(len(SPECIALTIES) * args.worker_s)
     log(f"all-data model: {trainer.steps} steps in {len(SPECIALTIES) * args.worker_s:.0f}s")
     return trainer.model.eval()
@@ -129,9 +136,18 @@ def evaluate(models: dict, tok, held: dict[str, list], max_length: int) -> dict:
             for name, m in models.items()}
 
 
-def routing(co: ExpertsCoordinator, held: dict[str, list]) -> float:
-    hits = sum(co.route(r["prompt"])["expert"] == s for s, rows in held.items() for r in rows)
-    return hits / sum(len(rows) for rows in held.values())
+def routing(co: ExpertsCoordinator, held: dict[str, list]) -> dict[str, float]:
+    """Accuracy of each routing method on the held-out prompts: `routing_accuracy` for the
+    coordinator's default method, `routing_accuracy_<method>` for each."""
+    total = sum(len(rows) for rows in held.values())
+    out = {}
+    for method in ROUTING:
+        start = time.monotonic()
+        hits = sum(co.route(r["prompt"], method)["expert"] == s
+                   for s, rows in held.items() for r in rows)
+        out[f"routing_accuracy_{method}"] = hits / total
+        log(f"routing by {method}: {hits}/{total} in {time.monotonic() - start:.1f}s")
+    return {"routing_accuracy": out[f"routing_accuracy_{co.cfg.routing}"], **out}
 
 
 def table(scores: dict) -> list[str]:
@@ -172,6 +188,8 @@ def main() -> None:
     p.add_argument("--codec", default="int8")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--prompt-loss", action=argparse.BooleanOptionalAction, default=True,
+                   help="workers train on prompt tokens too (loss routing needs it)")
     p.add_argument("--heldout", type=int, default=200, help="rows per specialty; 0 = all")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -197,7 +215,7 @@ def main() -> None:
     scores = evaluate(models, tok, held, args.max_length)
     status = co.status()
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "scores": scores,
-              "routing_accuracy": routing(co, held),
+              **routing(co, held),
               "uploads": status["uploads"], "bytes_up": status["bytes_up"],
               "bytes_per_upload": status["bytes_per_upload"],
               "full_model_bytes": status["full_model_bytes"],
@@ -210,8 +228,9 @@ def main() -> None:
           f"{result['bytes_up']:,} bytes; full fp32 pushes would be "
           f"{result['uploads'] * result['full_model_bytes']:,} "
           f"({result['upload_ratio']:,.0f}x more)")
-    print(f"routing accuracy: {100 * result['routing_accuracy']:.1f}% on "
-          f"{sum(result['heldout_rows'].values())} held-out prompts")
+    by = ", ".join(f"{m} {100 * result[f'routing_accuracy_{m}']:.1f}%" for m in ROUTING)
+    print(f"routing accuracy: {100 * result['routing_accuracy']:.1f}% ({co.cfg.routing}, the "
+          f"default; {by}) on {sum(result['heldout_rows'].values())} held-out prompts")
     co.close()
 
 

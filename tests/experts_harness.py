@@ -66,7 +66,8 @@ class Coordinator:
         cmd = [sys.executable, "-m", "thinwire.cli", "coordinator", "--experts", "--port",
                str(self.port), "--state-dir", str(self.root / "state"), "--base-model",
                str(self.base), "--codec", CODEC, "--lora-targets", TARGETS,
-               "--round-timeout", "8", "--monitor-every", "0.5"]
+               "--round-timeout", "8", "--monitor-every", "0.5",
+               "--prompt-loss"]  # experts learn prompts: loss routing
         self.log = open(self.root / "coordinator.log", "a")
         self.proc = subprocess.Popen(cmd, env=self.env, stderr=self.log)
 
@@ -135,3 +136,15 @@ def upload(wid: str, tensors: dict, seq: int, version: int, codec: str = CODEC,
         payloads[0].buffers[-1] = torch.tensor([float("nan")])
     return serialize_update(Update(node_id=wid, kind="delta", seq=seq, base_version=version,
                                    num_samples=8, tensors=payloads))
+
+
+def routed(co, held: dict, method: str | None = None) -> dict[str, float]:
+    """{specialty: share of its held-out prompts /v1/route sends to its expert}."""
+    body = {} if method is None else {"method": method}
+    out = {}
+    for specialty, rows in held.items():
+        replies = [co.call("POST", "/v1/route", json={"prompt": r["prompt"], **body}).json()
+                   for r in rows]
+        assert all(r["method"] == (method or "centroid") for r in replies), replies[0]
+        out[specialty] = sum(r["expert"] == specialty for r in replies) / len(rows)
+    return out

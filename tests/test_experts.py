@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from experts_harness import (CODEC, DATA, TOKEN, WORKERS, Coordinator, adapter, register,
-                             slices, upload)
+                             routed, slices, upload)
 
 from thinwire.codecs import decode, make_codec
 from thinwire.errors import DataError, run_main
@@ -146,6 +146,76 @@ def test_ties_and_linear_merge():
     assert merging.merge_weights("x=2", {"x": 1, "y": 1}) == {"x": 2.0, "y": 0.0}
 
 
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_loss_router_rebuilds_an_expert_when_its_version_changes(tmp_path, finetune):
+    """Routing's cached view of an expert scores as the expert's merged model does, is
+    reused while the version holds and rebuilt when it changes."""
+    from thinwire.experts.config import load_config
+    from thinwire.experts.core import ExpertsCoordinator
+    from thinwire.server import HttpError
+    from thinwire.tasks.lm.likelihood import prompt_ids, prompt_loss
+
+    train, held = slices()
+    base_dir = make_tiny_base(tmp_path / "base", [r["prompt"] for r in train["sql"]], "tiny",
+                              300)
+    cfg = load_config(None, {"base_model": str(base_dir), "codec": "none", "finetune": finetune,
+                             "lora_targets": ["q_proj", "v_proj"], "prompt_loss": True})
+    co = ExpertsCoordinator(cfg, load_base(base_dir), tmp_path / "state")
+    gen = torch.Generator().manual_seed(0)
+
+    def train_step(name: str) -> None:  # what closing a round does: new tensors, new version
+        expert = co._expert(name)
+        for t in expert.tensors.values():
+            t.add_(torch.randn(t.shape, generator=gen) * 0.05)
+        expert.version += 1
+
+    def merged_loss(name: str, prompt: str) -> float:
+        state = merging.apply(co.base_state, co.gateway.expert_delta(co.experts[name]))
+        model = model_from_weights(co.base.model.config, state)
+        return prompt_loss(model, *prompt_ids(co.base.tokenizer, prompt))
+
+    prompt = held["sql_expert"][0]["prompt"]
+    for name in ("a", "b"):
+        train_step(name)
+    first = co.route(prompt, "loss")
+    view = co.loss_router().views["a"]
+    assert (view.factors is not None) == (finetune == "lora") != (view.model is not None)
+    assert first["method"] == "loss" and set(first["losses"]) == {"a", "b"}
+    assert first["losses"]["a"] == pytest.approx(merged_loss("a", prompt), abs=1e-4)
+    assert co.route(prompt, "loss")["losses"] == first["losses"]
+    assert co.loss_router().views["a"] is view  # same version: reused
+    train_step("a")
+    again = co.route(prompt, "loss")
+    assert co.loss_router().views["a"] is not view and co.loss_router().views["a"].version == 2
+    assert again["losses"]["a"] != first["losses"]["a"]
+    assert again["losses"]["a"] == pytest.approx(merged_loss("a", prompt), abs=1e-4)
+    assert again["losses"]["b"] == first["losses"]["b"]
+    with pytest.raises(HttpError, match="routing method 'nearest'"):
+        co.route(prompt, "nearest")
+    co.cfg = co.cfg.model_copy(update={"prompt_loss": False})
+    assert "answers only" in co.route(prompt, "loss")["warning"]
+    co.close()
+
+
+def test_routing_config_and_prompt_labels():
+    from thinwire.errors import ConfigError
+    from thinwire.experts.config import load_config
+    from thinwire.tasks.lm.qwen import chat_tokenizer
+    from thinwire.tasks.lm.sft import IGNORE, encode
+
+    assert load_config(None, {"routing": "loss", "prompt_loss": True}).routing == "loss"
+    with pytest.raises(ConfigError, match="prompt_loss"):
+        load_config(None, {"routing": "loss"})
+    with pytest.raises(ConfigError, match="routing"):
+        load_config(None, {"routing": "nearest"})
+    tok = chat_tokenizer(["How many singers?", "SELECT count(*) FROM singer"], 300)
+    answer_only = encode(tok, "How many singers?", "SELECT count(*) FROM singer", 64)
+    both = encode(tok, "How many singers?", "SELECT count(*) FROM singer", 64, True)
+    assert both.ids == answer_only.ids == both.labels
+    first = next(i for i, v in enumerate(answer_only.labels) if v != IGNORE)  # the answer
+    assert first > 5 and answer_only.labels[first:] == both.ids[first:]
+
+
 # ---- real processes -----------------------------------------------------------------------
 def test_workers_build_experts_and_gateway(world):
     co, root = world["co"], world["root"]
@@ -223,13 +293,8 @@ def test_routing_and_generate(world, capsys):
     from thinwire.cli import main as cli
 
     co, held = world["co"], world["held"]
-    hits = total = 0
-    for specialty, rows in held.items():
-        for row in rows:
-            got = co.call("POST", "/v1/route", json={"prompt": row["prompt"]}).json()
-            hits += got["expert"] == specialty
-            total += 1
-    assert hits / total >= 0.75, f"routing {hits}/{total}"
+    share = routed(co, held)
+    assert sum(share.values()) / len(share) >= 0.75, f"routing {share}"
     prompt = held["sql_expert"][0]["prompt"]
     assert cli(["generate", "--coordinator-url", co.url, "--token", TOKEN, "--prompt", prompt,
                 "--max-new-tokens", "5"]) == 0
@@ -237,6 +302,26 @@ def test_routing_and_generate(world, capsys):
     assert cli(["generate", "--coordinator-url", co.url, "--token", TOKEN, "--prompt", prompt,
                 "--max-new-tokens", "5", "--model", "gateway"]) == 0
     assert "model: gateway v" in capsys.readouterr().out
+
+
+def test_loss_routing(world, capsys):
+    """Each expert's loss on the prompt picks the specialty (the experts learned prompts:
+    the harness starts the coordinator with --prompt-loss); a bad method is refused."""
+    from thinwire.cli import main as cli
+
+    co, held = world["co"], world["held"]
+    share = routed(co, held, "loss")
+    assert min(share.values()) >= 0.75, f"loss routing {share}"
+    prompt = held["docs_expert"][0]["prompt"]
+    reply = co.call("POST", "/v1/route", json={"prompt": prompt, "method": "loss"}).json()
+    assert set(reply["losses"]) == set(reply["scores"]) == set(held)
+    assert "warning" not in reply
+    r = co.call("POST", "/v1/route", json={"prompt": "x", "method": "nearest"})
+    assert r.status_code == 400 and "method" in r.json()["error"], r.text
+    assert cli(["generate", "--coordinator-url", co.url, "--token", TOKEN, "--prompt", prompt,
+                "--max-new-tokens", "3", "--route", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {reply['expert']} v" in out and "routed by loss (losses: " in out
 
 
 # ---- crafted clients: rejections and kill -9 ------------------------------------------------

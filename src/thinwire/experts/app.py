@@ -18,7 +18,9 @@ API (errors are JSON {"error": message, "status": code}; OpenAPI at /docs):
     GET  /v1/gateway                     gateway info: version, merge, weights, history
     GET  /v1/gateway/weights             the merged gateway, safetensors
     GET  /v1/base/files                  the base's config and tokenizer files (base64)
-    POST /v1/route                       {prompt}: the nearest expert
+    POST /v1/route                       {prompt, method?}: the expert for a prompt, by
+                                         centroid or loss (default: the routing key), with
+                                         every expert's score
 With a token set, every call but /v1/health needs `Authorization: Bearer TOKEN`; off
 loopback a token is required (or --insecure).
 """
@@ -48,7 +50,7 @@ from ..server import (GuardRules, RequestGuard, add_json_errors, add_listen_flag
 from ..server.control import body_doc, capability_map, read_control
 from ..server.http11 import server_config
 from ..wire.control import Register
-from .config import load_config
+from .config import Routing, load_config
 from .core import ExpertsCoordinator
 from .link import VERSION
 
@@ -72,6 +74,7 @@ class RegisterIn(BaseModel):
 
 class RouteIn(BaseModel):
     prompt: str = Field(min_length=1, max_length=20_000)
+    method: Routing | None = None
 
 
 def create_app(core: ExpertsCoordinator, token: str | None = None,
@@ -150,7 +153,7 @@ def create_app(core: ExpertsCoordinator, token: str | None = None,
 
     @app.post("/v1/route")
     async def route(body: RouteIn) -> dict[str, Any]:
-        return await run_in_threadpool(core.route, body.prompt)
+        return await run_in_threadpool(core.route, body.prompt, body.method)
 
     return app
 

@@ -9,7 +9,7 @@ the coordinator could not aggregate exactly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,9 @@ from ..errors import ConfigError
 from ..tasks.lm.merge import METHODS, parse_given
 from ..tasks.lm.pretrained import DEFAULT_BASE
 from ..tasks.lm.tuning import QWEN2_ATTENTION, make_tuning, specialty_seed
+
+Routing = Literal["centroid", "loss"]
+ROUTING: tuple[str, ...] = get_args(Routing)
 
 
 class ExpertsConfig(CodecSection, StrategySection, ServerSection):
@@ -35,6 +38,9 @@ class ExpertsConfig(CodecSection, StrategySection, ServerSection):
                                     "get adapters (Qwen2: q_proj,k_proj,v_proj,o_proj,"
                                     "gate_proj,up_proj,down_proj)")
     seed: int = Field(0, description="seeds each specialty's frozen LoRA A")
+    prompt_loss: bool = Field(False, description="workers train on the prompt tokens too, "
+                              "not only the answer, so each expert models its specialty's "
+                              "prompts: what loss routing scores")
     error_feedback: bool = redefault(CodecSection, "error_feedback", True)
     skipped: Literal["drop"] = Field("drop", description="uploads are pseudo-gradients: a "
                                      "worker's last one is never reused")
@@ -58,6 +64,11 @@ class ExpertsConfig(CodecSection, StrategySection, ServerSection):
     ties_density: float = Field(0.2, gt=0, le=1, description="fraction of each change kept")
     history: int = Field(1000, ge=1, description="versions of history kept")
 
+    # ---- routing ----------------------------------------------------------------------------
+    routing: Routing = Field(
+        "centroid", description="how /v1/route picks an expert: nearest centroid of base "
+        "embeddings (one base pass) or lowest prompt loss under each expert (a pass each)")
+
     # ---- limits -----------------------------------------------------------------------------
     max_json_bytes: int = redefault(ServerSection, "max_json_bytes", 1 << 20)  # centroids
     max_specialties: int = Field(64, ge=1)
@@ -73,6 +84,10 @@ class ExpertsConfig(CodecSection, StrategySection, ServerSection):
             parse_given(self.merge_weights)
         if self.merge not in METHODS:
             raise ConfigError(f"merge {self.merge!r}: use one of {METHODS}")
+        if self.routing == "loss" and not self.prompt_loss:
+            raise ConfigError("routing: loss scores the prompt under each expert, and experts "
+                              "trained on the answers alone do not model prompts (near "
+                              "chance); set prompt_loss: true (--prompt-loss) as well")
         return self
 
     def tuning(self, specialty: str = ""):
@@ -87,7 +102,8 @@ class ExpertsConfig(CodecSection, StrategySection, ServerSection):
         return {"finetune": self.finetune, "lora_rank": self.lora_rank,
                 "lora_alpha": self.lora_alpha, "lora_targets": list(self.lora_targets),
                 "lora_seed": specialty_seed(self.seed, specialty), "codec": self.codec,
-                "error_feedback": self.error_feedback, "base_model": self.base_model}
+                "error_feedback": self.error_feedback, "base_model": self.base_model,
+                "prompt_loss": self.prompt_loss}
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None,

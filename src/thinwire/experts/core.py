@@ -1,6 +1,6 @@
 """The federated-experts coordinator as a state machine, free of HTTP: workers register for a
 specialty, pull its expert, and upload pseudo-gradients; rounds close per specialty; the
-gateway is re-merged after each; prompts are routed to the nearest expert.
+gateway is re-merged after each; prompts are routed to an expert (serving.py).
 
 The FastAPI app (app.py) and in-process links (link.py) drive it. All mutation happens under
 one lock. Every accepted message is journaled (fsync) before the call returns, and the state

@@ -1,10 +1,12 @@
 """`thinwire generate --coordinator-url URL --prompt TEXT`: answer with the right expert.
 
-The coordinator routes the prompt to the expert whose training prompts it is closest to
-(the centroids of mean-pooled base-model embeddings) unless --model names one, or
-`gateway`; the tool prints which model answered, fetches its merged weights and the base's
-config and tokenizer, and generates locally (greedy unless --temperature > 0), the prompt
-wrapped in the chat template the experts were trained with.
+The coordinator routes the prompt unless --model names an expert or `gateway`: to the
+expert whose training prompts it is closest to (`--route centroid`: the centroids of
+mean-pooled base-model embeddings) or under which the prompt has the lowest loss (`--route
+loss`); without --route, by the coordinator's `routing` key. The tool prints which model
+answered and why, fetches its merged weights and the base's config and tokenizer, and
+generates locally (greedy unless --temperature > 0), the prompt wrapped in the chat template
+the experts were trained with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from ..errors import ConfigError
 from ..tasks.lm.sft import prompt_text
 from .client import CoordinatorClient
+from .config import ROUTING
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,21 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("THINWIRE_TOKEN"))
     p.add_argument("--prompt", required=True)
     p.add_argument("--model", default="auto",
-                   help="auto (route to the nearest expert), gateway, or an expert's name")
+                   help="auto (route to an expert), gateway, or an expert's name")
+    p.add_argument("--route", choices=ROUTING, default=None,
+                   help="how auto routes (default: the coordinator's routing key)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def choose(client: CoordinatorClient, prompt: str, model: str) -> tuple[str, str]:
+def choose(client: CoordinatorClient, prompt: str, model: str,
+           method: str | None = None) -> tuple[str, str]:
     """(model to use, why)."""
     if model != "auto":
         return model, "asked for"
-    route = client.post("/v1/route", {"prompt": prompt})
-    near = ", ".join(f"{n} {d:.3g}" for n, d in sorted(route["distances"].items(),
-                                                       key=lambda kv: kv[1]))
-    return route["expert"], f"routed (distances: {near})"
+    route = client.post("/v1/route", {"prompt": prompt, "method": method})
+    ranked = sorted(route["scores"].items(), key=lambda kv: kv[1])
+    what = "distances" if route["method"] == "centroid" else "losses"
+    scores = ", ".join(f"{n} {d:.3g}" for n, d in ranked)
+    return route["expert"], f"routed by {route['method']} ({what}: {scores})"
 
 
 @torch.no_grad()
@@ -64,7 +71,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client = CoordinatorClient(args.coordinator_url, args.token)
     try:
-        which, why = choose(client, args.prompt, args.model)
+        which, why = choose(client, args.prompt, args.model, args.route)
         model, tok, version = client.model(which)
         print(f"model: {which} v{version} ({why})")
         print(answer(model, tok, args.prompt, args.max_new_tokens, args.temperature,

@@ -27,6 +27,7 @@ def status_view(co: Any) -> dict[str, Any]:
     return {
         "base": co.base.name, "fingerprint": co.fingerprint, "finetune": co.cfg.finetune,
         "codec": co.cfg.codec, "error_feedback": co.cfg.error_feedback,
+        "routing": co.cfg.routing, "prompt_loss": co.cfg.prompt_loss,
         "experts": {n: e.info() for n, e in sorted(co.experts.items())},
         "gateway": co.gateway.info(),
         "workers": [{"id": w["id"], "specialty": w["specialty"], "state": w["state"],

@@ -191,7 +191,7 @@ def build_worker(link: Link, conf: dict[str, Any], base: Base, rows: list[dict],
     tok = base.tokenizer
     tuning = make_tuning(conf["finetune"], conf["lora_rank"], conf["lora_alpha"],
                          conf["lora_targets"], conf["lora_seed"])
-    examples = encode_rows(tok, rows, args.max_length)
+    examples = encode_rows(tok, rows, args.max_length, bool(conf.get("prompt_loss")))
     trainer = Trainer(base.model, tuning, examples, tok.pad_token_id, args.lr,
                       args.batch_size, args.seed, args.speed_factor)
     codec = make_codec(conf["codec"], conf["error_feedback"])

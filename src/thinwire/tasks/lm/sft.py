@@ -86,8 +86,11 @@ def prompt_text(tok: Any, prompt: str) -> str:
     return chat_texts(tok, prompt, "x")[0]
 
 
-def encode(tok: Any, prompt: str, response: str, max_length: int) -> Example | None:
-    """Token ids and labels of one row, cut to `max_length`; None if no response is left."""
+def encode(tok: Any, prompt: str, response: str, max_length: int,
+           with_prompt: bool = False) -> Example | None:
+    """Token ids and labels of one row, cut to `max_length`; None if no response is left.
+    `with_prompt` labels the prompt's tokens too, so the model also learns its prompts
+    (what loss routing scores); otherwise only the response counts."""
     head, tail = chat_texts(tok, prompt, response)
     a = tok(head, add_special_tokens=False)["input_ids"]
     b = tok(tail, add_special_tokens=False)["input_ids"]
@@ -95,11 +98,13 @@ def encode(tok: Any, prompt: str, response: str, max_length: int) -> Example | N
     labels = ([IGNORE] * len(a) + b)[:max_length]
     if all(v == IGNORE for v in labels[1:]):
         return None
-    return Example(ids, labels)
+    return Example(ids, list(ids) if with_prompt else labels)
 
 
-def encode_rows(tok: Any, rows: Sequence[dict[str, Any]], max_length: int) -> list[Example]:
-    out = [encode(tok, r["prompt"], r["reference_code"], max_length) for r in rows]
+def encode_rows(tok: Any, rows: Sequence[dict[str, Any]], max_length: int,
+                with_prompt: bool = False) -> list[Example]:
+    out = [encode(tok, r["prompt"], r["reference_code"], max_length, with_prompt)
+           for r in rows]
     kept = [e for e in out if e is not None]
     if not kept:
         raise DataError(f"no row keeps a response token within max_length={max_length}; "

@@ -88,9 +88,14 @@ class FFALora:
 
     def dense(self, tensors: Tensors, base: torch.nn.Module) -> Tensors:
         """{weight name: (alpha/r)·B·A}: the change B makes to each base weight."""
-        inputs = {n: base.get_submodule(n).in_features for n in tensors}
-        return {f"{n}.weight": self.scaling * (b.float() @ frozen_a(self.seed, n, self.rank,
-                                                                    inputs[n]))
+        return {f"{n}.weight": b @ a for n, (a, b) in self.factors(tensors, base).items()}
+
+    def factors(self, tensors: Tensors, base: torch.nn.Module
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{module name: (A, (alpha/r)·B)}: the same change kept low-rank, so applying it
+        in a forward pass costs rank-sized memory instead of a dense weight."""
+        return {n: (frozen_a(self.seed, n, self.rank, base.get_submodule(n).in_features),
+                    self.scaling * b.float())
                 for n, b in tensors.items()}
 
 
