@@ -212,15 +212,17 @@ def _unpack_bytes(packed: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) ->
 @fusable
 def dgc_accumulate(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, momentum: torch.Tensor,
                    threshold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """DGC's pass, in place: u = x + momentum * u, v = v + u, mask (uint8) = |v| >= threshold.
-    One read of x, u, v and one write of u, v, mask once compiled (three eager passes).
-    Multiply then add, as two ops, so eager and compiled round alike; the mask is written
-    through `where` as uint8 (inductor vectorizes that, not a bool store)."""
-    u_new = x + u * momentum
-    v_new = v + u_new
-    u.copy_(u_new)
-    v.copy_(v_new)
-    return mask.copy_(torch.where(v_new.abs() >= threshold, 1, 0).to(torch.uint8))
+    """DGC's pass, in place: u = u * momentum + x, v = v + u, mask (uint8) = |v| >= threshold.
+    One read of x, u, v and one write of u, v, mask once compiled (three passes eager).
+    Multiply then add, as two ops, so eager and compiled round alike. The mask is the same
+    exact comparison either way, written as inductor vectorizes it (`where` to uint8; a
+    bool store stays scalar) or as eager does it cheapest (`ge` into the bool view)."""
+    u.mul_(momentum).add_(x)
+    v.add_(u)
+    if torch.compiler.is_compiling():
+        return mask.copy_(torch.where(v.abs() >= threshold, 1, 0).to(torch.uint8))
+    torch.ge(v.abs(), threshold, out=mask.view(torch.bool))
+    return mask
 
 
 def median_values(vals: list[torch.Tensor], plan: tuple[tuple[int, int, bool, bool], ...]

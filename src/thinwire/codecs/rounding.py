@@ -67,20 +67,18 @@ def packed_codes(kernel: Callable[..., torch.Tensor], flat: torch.Tensor, bits: 
     return out
 
 
-def _shr(h: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int32 lanes."""
-    return (h >> k) & ((1 << (32 - k)) - 1)
+def _mix(h: torch.Tensor, k: int) -> torch.Tensor:
+    """In place: h ^= h >>> k (a logical right shift of int32 lanes)."""
+    return h.bitwise_xor_((h >> k).bitwise_and_((1 << (32 - k)) - 1))
 
 
 def noise_at(idx: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """23 uniform random bits (int32 in [0, 2**23)) for the elements at int32 `idx`."""
-    h = idx * _GOLDEN + key
-    h = h ^ _shr(h, 16)
-    h = h * _C1
-    h = h ^ _shr(h, 15)
-    h = h * _C2
-    h = h ^ _shr(h, 16)
-    return _shr(h, 9)
+    """23 uniform random bits (int32 in [0, 2**23)) for the elements at int32 `idx`.
+    In-place steps on one fresh tensor: eager makes two temporaries per element, not ten."""
+    h = (idx * _GOLDEN).add_(key)
+    _mix(h, 16).mul_(_C1)
+    _mix(h, 15).mul_(_C2)
+    return (_mix(h, 16) >> 9).bitwise_and_(0x7FFFFF)
 
 
 def noise_bits(first: torch.Tensor, n: int, key: torch.Tensor,
@@ -107,8 +105,11 @@ def qsgd_codes(part: torch.Tensor, first: torch.Tensor, key: torch.Tensor,
 def terngrad_codes(part: torch.Tensor, first: torch.Tensor, key: torch.Tensor,
                    smax: torch.Tensor) -> torch.Tensor:
     """2-bit codes (0 = 0, 1 = +1, 3 = -1): nonzero where |x| > u * max|x|."""
-    thresh = uniform(first, part.numel(), key, part) * smax
-    return torch.where(part > thresh, 1, torch.where(part < -thresh, 3, 0)).to(torch.uint8)
+    thresh = uniform(first, part.numel(), key, part).mul_(smax)
+    if torch.compiler.is_compiling():  # where vectorizes in inductor, bool casts do not
+        return torch.where(part > thresh, 1, torch.where(part < -thresh, 3, 0)).to(torch.uint8)
+    pos = torch.gt(part, thresh).view(torch.uint8)  # eager: one byte per element throughout
+    return torch.lt(part, thresh.neg_()).view(torch.uint8).mul_(3).add_(pos)
 
 
 def nc_exponents(part: torch.Tensor, first: torch.Tensor, key: torch.Tensor,
