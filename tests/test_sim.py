@@ -54,7 +54,7 @@ def test_two_nodes_learn_a_separable_task(tmp_path):
     assert row["compression_ratio"] > 2  # small MLP: per-tensor metadata is a large share
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["run_name"] == row["run_name"]
-    assert (tmp_path / row["run_name"] / "train.log").read_text().count("epoch") >= 3
+    assert (tmp_path / row["run_name"] / "training.log").read_text().count("epoch") >= 3
 
 
 def test_ledger_equals_serialized_message_sizes(tmp_path, monkeypatch):

@@ -83,7 +83,7 @@ def test_tiny_sweep_writes_png_and_table_and_reuses_runs(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     text = table.read_text()
     assert "| none, always |" in text and "topk(ratio=0.5)+int8+ef, always" in text
-    logs = {r["run_name"]: (tmp_path / r["run_name"] / "train.log").stat().st_mtime_ns
+    logs = {r["run_name"]: (tmp_path / r["run_name"] / "training.log").stat().st_mtime_ns
             for r in rows}
     before = results.read_text()
 
@@ -91,5 +91,5 @@ def test_tiny_sweep_writes_png_and_table_and_reuses_runs(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "2 reused" in second and "0 to run" in second
     assert results.read_text() == before  # no row appended: nothing ran again
-    assert {n: (tmp_path / n / "train.log").stat().st_mtime_ns for n in logs} == logs
+    assert {n: (tmp_path / n / "training.log").stat().st_mtime_ns for n in logs} == logs
     assert png.stat().st_size > 10_000 and table.read_text() == text

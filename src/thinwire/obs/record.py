@@ -70,7 +70,7 @@ def epoch_record(epoch: int, step: int, accuracy: float, loss: float, train_loss
 
 
 def epoch_line(r: dict[str, Any]) -> str:
-    """The train.log line of an epoch record."""
+    """The training.log line of an epoch record."""
     return (f"epoch {r['epoch']}: acc={r['test_accuracy']:.4f} loss={r['test_loss']:.4f} "
             f"train_loss={r['train_loss']:.4f} MB/epoch={r['bytes_wire_epoch'] / 1e6:.3f} "
             f"sent={r['uploads']} skipped={r['skipped']}")

@@ -43,7 +43,7 @@ class Simulation:
         self.cfg, self.task, self.progress = cfg, task, progress
         self.run_dir = Path(cfg.out) / cfg.name()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.run_dir / "train.log", "a")
+        self._log_file = open(self.run_dir / "training.log", "a")
         self.log = log or (lambda s: None)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model or task.model, task.num_classes, task.in_shape)
