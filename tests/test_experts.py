@@ -67,7 +67,7 @@ def test_ffa_lora_aggregate_is_the_mean_of_dense_updates(world):
     loaded = load_base(world["base"])
     co = ExpertsCoordinator(cfg, copy.deepcopy(loaded), world["root"] / "unit-state")
     rows, workers, dense = world["train"]["python_a"], [], []
-    for i in range(2):  # both register first: the round waits for both
+    for i in range(2):
         base = copy.deepcopy(loaded)
         link = LocalLink(co, f"u{i}")
         prompts = [r["prompt"] for r in rows]
@@ -79,8 +79,9 @@ def test_ffa_lora_aggregate_is_the_mean_of_dense_updates(world):
                                   speed_factor=1.0, worker_id=f"u{i}", out=None,
                                   specialty="py")
         workers.append(build_worker(link, conf, base, rows[i * 20:(i + 1) * 20], args, None))
-    for w in workers:
+    for w in workers:  # both pull before either uploads: the round waits for both
         w.load()
+    for w in workers:
         for _ in range(3):
             w.trainer.train_for(0.0)
         merged = copy.deepcopy(w.trainer.model).merge_and_unload()  # peft's B·A, not ours
@@ -194,6 +195,86 @@ def test_loss_router_rebuilds_an_expert_when_its_version_changes(tmp_path, finet
         co.route(prompt, "nearest")
     co.cfg = co.cfg.model_copy(update={"prompt_loss": False})
     assert "answers only" in co.route(prompt, "loss")["warning"]
+    co.close()
+
+
+# ---- whom a round waits for (in process) --------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    train, _ = slices()
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_base(root / "base", [r["prompt"] for r in train["sql"]], "tiny", 300)
+
+
+def open_coordinator(tiny, state):
+    from thinwire.experts.config import load_config
+    from thinwire.experts.core import ExpertsCoordinator
+
+    cfg = load_config(None, {"base_model": str(tiny), "codec": "none",
+                             "lora_targets": ["q_proj", "v_proj"]})
+    return ExpertsCoordinator(cfg, load_base(tiny), state)
+
+
+def join(co, *wids: str) -> None:
+    for wid in wids:
+        co.register(wid, "s", "py", co.fingerprint, [1e3] * co.hidden, 1)
+
+
+def send(co, wid: str, seq: int) -> dict:
+    zeros = {n: torch.zeros(s) for n, s in co.shapes.items()}
+    return co.push(upload(wid, zeros, seq, co.experts["py"].version, "none"))
+
+
+def test_a_silent_registration_holds_no_round_open(tiny, tmp_path):
+    """An id that registers and never pulls is not waited for: the round closes complete
+    with the one worker that pulled and uploaded."""
+    co = open_coordinator(tiny, tmp_path / "state")
+    join(co, "silent", "real")
+    co.pull("real")
+    assert send(co, "real", 1)["expert_version"] == 1
+    assert co.experts["py"].history[-1]["reason"] == "complete"
+    assert {w["id"]: w["took_part"] for w in co.status()["workers"]} == \
+        {"silent": False, "real": True}
+    co.close()
+
+
+def test_a_worker_that_pulled_is_waited_for(tiny, tmp_path):
+    """A worker that pulled and is training holds the round open until its upload, or until
+    round_timeout after the round's first upload."""
+    co = open_coordinator(tiny, tmp_path / "state")
+    join(co, "a", "b")
+    co.pull("a"), co.pull("b")
+    assert send(co, "a", 1)["pending"] == ["a"]
+    co.tick()
+    assert co.experts["py"].version == 0
+    assert send(co, "b", 1)["expert_version"] == 1
+    assert co.experts["py"].history[-1]["reason"] == "complete"
+    assert send(co, "a", 2)["pending"] == ["a"]  # b trains on: the deadline closes it
+    co.experts["py"].opened -= co.cfg.round_timeout
+    co.tick()
+    assert co.experts["py"].version == 2
+    assert co.experts["py"].history[-1]["reason"] == "deadline"
+    co.close()
+
+
+def test_a_restart_waits_for_the_same_workers(tiny, tmp_path):
+    """The first pull is journaled: replay (and the snapshot after it) rebuild the same
+    expected set; a journal of an older version (no flag) keeps the old rule."""
+    co = open_coordinator(tiny, tmp_path / "state")
+    join(co, "silent", "a", "b")
+    co.pull("a"), co.pull("b")
+    send(co, "a", 1)
+    co.store.append({"type": "register", "worker": "old", "session": "s", "specialty": "py",
+                     "centroid": [1e3] * co.hidden, "count": 1, "capabilities": {}})
+    co.close()
+    for _ in range(2):  # from the journal, then from the snapshot the replay ended with
+        co = open_coordinator(tiny, tmp_path / "state")
+        assert co._expected("py") == {"a", "b", "old"}
+        assert sorted(co.experts["py"].pending) == ["a"]
+        co.close()
+    co = open_coordinator(tiny, tmp_path / "state")
+    send(co, "b", 1), send(co, "old", 1)
+    assert co.experts["py"].history[-1]["reason"] == "complete"
     co.close()
 
 
@@ -395,6 +476,7 @@ def test_kill9_keeps_acknowledged_updates(world):
     for wid in ("probe-a", "probe-b"):
         assert register(co, wid, "probe2_expert").status_code == 200
     zeros, version = adapter(co, "probe-a")
+    adapter(co, "probe-b")  # it pulled: the round waits for it
     gen = torch.Generator().manual_seed(0)
     a = {n: torch.randn(t.shape, generator=gen) * 1e-2 for n, t in zeros.items()}
     b = {n: torch.randn(t.shape, generator=gen) * 1e-2 for n, t in zeros.items()}

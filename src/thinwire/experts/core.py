@@ -119,7 +119,8 @@ class ExpertsCoordinator(Serving, Durable):
                     self._expert(specialty)  # refuses a specialty over the limit first
                 rec = {"type": "register", "worker": wid, "session": session,
                        "specialty": specialty, "centroid": [float(v) for v in centroid],
-                       "count": int(count), "capabilities": dict(capabilities or {})}
+                       "count": int(count), "capabilities": dict(capabilities or {}),
+                       "took_part": False}  # counted once it pulls or uploads
                 self.store.append(rec)
                 self._do_register(rec)
             self._touch(wid)
@@ -150,7 +151,7 @@ class ExpertsCoordinator(Serving, Durable):
             "state": "active", "last_seen": time.time(), "joined": time.time(),
             "centroid": torch.tensor(rec["centroid"], dtype=torch.float32),
             "count": rec["count"], "capabilities": rec.get("capabilities", {}),
-            "sent": 0, "samples": 0}
+            "sent": 0, "samples": 0, "took_part": rec.get("took_part", True)}
         if not self._replaying:
             self.log(f"worker {wid} joined {rec['specialty']}")
 
@@ -177,8 +178,17 @@ class ExpertsCoordinator(Serving, Durable):
             info["state"] = "active"
 
     def _expected(self, specialty: str) -> set[str]:
-        return {w for w, i in self.workers.items()
-                if i["specialty"] == specialty and i["state"] == "active"}
+        """Whom a round waits for: active workers that took part (pulled or uploaded), so an
+        id that registers and stays silent holds no round open. Records and snapshots of
+        older versions lack the flag: those workers count, as they did."""
+        return {w for w, i in self.workers.items() if i["specialty"] == specialty
+                and i["state"] == "active" and i.get("took_part", True)}
+
+    def _took_part(self, wid: str) -> None:
+        """Journal the first pull of a worker, so a restart waits for the same workers."""
+        if not self.workers[wid].get("took_part", True):
+            self.store.append({"type": "join", "worker": wid})
+            self.workers[wid]["took_part"] = True
 
     # ---- uploads ----------------------------------------------------------------------
     def push(self, body: bytes) -> dict[str, Any]:
@@ -224,6 +234,7 @@ class ExpertsCoordinator(Serving, Durable):
         keys = self.applied_keys.setdefault(wid, [])
         keys.append(int(update.seq))
         del keys[:-64]
+        info["took_part"] = True  # the update record itself replays this
         info["sent"] += 1
         info["samples"] += int(update.num_samples)
 
@@ -271,6 +282,7 @@ class ExpertsCoordinator(Serving, Durable):
         with self.lock:
             info = self._known(wid)
             self._touch(wid)
+            self._took_part(wid)
             expert = self.experts[info["specialty"]]
             cached = self._cache.get(expert.name)
             if cached is None or cached[0] != expert.version:
@@ -338,6 +350,8 @@ class ExpertsCoordinator(Serving, Durable):
             self._do_register(rec)
         elif kind == "leave" and rec["worker"] in self.workers:
             self._do_leave(rec["worker"])
+        elif kind == "join" and rec["worker"] in self.workers:
+            self.workers[rec["worker"]]["took_part"] = True
         elif kind != "update" or not self._replay_update(body):
             return False
         for name in list(self.experts):

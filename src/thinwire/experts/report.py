@@ -31,7 +31,8 @@ def status_view(co: Any) -> dict[str, Any]:
         "experts": {n: e.info() for n, e in sorted(co.experts.items())},
         "gateway": co.gateway.info(),
         "workers": [{"id": w["id"], "specialty": w["specialty"], "state": w["state"],
-                     "sent": w["sent"], "samples": w["samples"],
+                     "took_part": w.get("took_part", True), "sent": w["sent"],
+                     "samples": w["samples"],
                      "last_seen": round(w["last_seen"], 3)} for w in co.workers.values()],
         **upload_figures(co), "uptime_s": round(time.time() - co.started, 3),
     }
