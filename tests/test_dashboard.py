@@ -3,6 +3,7 @@ while `thinwire compare --dashboard` runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -302,21 +303,17 @@ def by_run(series: dict[str, int]) -> dict[str, int]:
     return out
 
 
-# charts every simulated run feeds (OS network counters may be hidden in a container)
-LIVE_CHARTS = ("loss", "bytes", "bandwidth", "uploads", "cpu", "memory", "steptime")
-
-
-@pytest.mark.slow
-def test_charts_hold_every_run_and_grow_in_chromium(tmp_path):
+@contextlib.contextmanager
+def live_page(tmp_path: Path, command: list[str], log_name: str):
+    """Start `thinwire COMMAND ... --dashboard PORT`, wait for its page, open it in Chromium;
+    yield (process, driver, log path); kill what is left and remove the profile after."""
     need_chromium()
-    port, out = free_port(), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "thinwire.cli", "compare", "--task", "synthetic",
-           "--set", "task_args={n_samples: 8000, dim: 8}", "--codecs", "none,int8",
-           "--nodes", "2", "--epochs", "2", "--batch-size", "4", "--threads", "1",
-           "--checkpoint-every", "0", "--monitor-every", "0.5", "--out", str(out),
+    port = free_port()
+    cmd = [sys.executable, "-m", "thinwire.cli", *command, "--out", str(tmp_path / "runs"),
            "--no-progress", "--dashboard", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    log = open(tmp_path / "compare.log", "w")
+    log_path = tmp_path / log_name
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url, profile = f"http://127.0.0.1:{port}/", Path(tempfile.mkdtemp())
     driver = None
@@ -324,6 +321,27 @@ def test_charts_hold_every_run_and_grow_in_chromium(tmp_path):
         wait_for(lambda: responds(url), 90, "the dashboard", proc)
         driver = chromium(profile)
         driver.get(url)
+        yield proc, driver, log_path
+    finally:
+        if driver is not None:
+            driver.quit()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# charts every simulated run feeds (OS network counters may be hidden in a container)
+LIVE_CHARTS = ("loss", "bytes", "bandwidth", "uploads", "cpu", "memory", "steptime")
+
+
+@pytest.mark.slow
+def test_charts_hold_every_run_and_grow_in_chromium(tmp_path):
+    command = ["compare", "--task", "synthetic", "--set", "task_args={n_samples: 8000, dim: 8}",
+               "--codecs", "none,int8", "--nodes", "2", "--epochs", "2", "--batch-size", "4",
+               "--threads", "1", "--checkpoint-every", "0", "--monitor-every", "0.5"]
+    with live_page(tmp_path, command, "compare.log") as (proc, driver, log):
 
         def charts() -> dict[str, dict[str, int]]:
             state = driver.execute_script("return window.thinwire.state()")
@@ -349,36 +367,17 @@ def test_charts_hold_every_run_and_grow_in_chromium(tmp_path):
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
         if os.environ.get("THINWIRE_DASHBOARD_PNG"):  # refresh bench/dashboard.png
             shutil.copy(tmp_path / "dashboard.png", os.environ["THINWIRE_DASHBOARD_PNG"])
-        assert proc.wait(timeout=120) == 0, (tmp_path / "compare.log").read_text()[-3000:]
-    finally:
-        if driver is not None:
-            driver.quit()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(profile, ignore_errors=True)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
 
 
 @pytest.mark.slow
 def test_swarm_peers_feed_the_charts_in_chromium(tmp_path):
     """A live `thinwire swarm --dashboard`: points from both peer processes, and they grow."""
-    need_chromium()
-    port, out = free_port(), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "thinwire.cli", "swarm", "--nodes", "2", "--transport", "ipc",
-           "--task", "synthetic", "--set", "task_args={n_samples: 6000, dim: 8}",
-           "--epochs", "2", "--batch-size", "4", "--threads", "1", "--checkpoint-every", "0",
-           "--monitor-every", "0.5", "--out", str(out), "--no-progress",
-           "--dashboard", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    log = open(tmp_path / "swarm.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, profile = f"http://127.0.0.1:{port}/", Path(tempfile.mkdtemp())
-    driver = None
-    try:
-        wait_for(lambda: responds(url), 90, "the dashboard", proc)
-        driver = chromium(profile)
-        driver.get(url)
+    command = ["swarm", "--nodes", "2", "--transport", "ipc", "--task", "synthetic",
+               "--set", "task_args={n_samples: 6000, dim: 8}", "--epochs", "2",
+               "--batch-size", "4", "--threads", "1", "--checkpoint-every", "0",
+               "--monitor-every", "0.5"]
+    with live_page(tmp_path, command, "swarm.log") as (proc, driver, log):
 
         def nodes(chart: str) -> dict[str, int]:
             """Points per peer in one chart of the run (series 'RUN/NODE ...', 'RUN NODE')."""
@@ -402,12 +401,4 @@ def test_swarm_peers_feed_the_charts_in_chromium(tmp_path):
                            + r": .*node-1 .*node-0")
         wait_for(lambda: peers.search(driver.find_element("id", "peers").text), 20,
                  "both peers in the peer list")
-        assert proc.wait(timeout=180) == 0, (tmp_path / "swarm.log").read_text()[-3000:]
-    finally:
-        if driver is not None:
-            driver.quit()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(profile, ignore_errors=True)
+        assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
