@@ -44,11 +44,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import add_config_flags, config_flags
 from ..obs.dashboard import add_dashboard_flag, open_dashboard
-from ..obs.monitor import Monitor
 from ..server import (GuardRules, RequestGuard, add_json_errors, add_listen_flags,
                       require_token)
 from ..server.control import body_doc, capability_map, read_control
 from ..server.http11 import server_config
+from ..server.watch import coordinator_monitor
 from ..wire.control import Register
 from .config import Routing, load_config
 from .core import ExpertsCoordinator
@@ -196,20 +196,13 @@ def coordinator_main(argv: list[str] | None = None) -> int:
     app = create_app(core, args.token, log)
     config = server_config(app, args.host, args.port, cfg.request_timeout,
                            max(128, 2 * cfg.max_workers + 64), args.debug)
-    monitor = Monitor(core.events, ledger=lambda: core.ledger, every=args.monitor_every,
-                      lock=core.lock, extra=lambda: {"peers": worker_states(core)})
+    monitor = coordinator_monitor(core, args.monitor_every)
     try:
         with monitor, open_dashboard(args.dashboard, [args.state_dir]):
             uvicorn.Server(config).run()
     finally:
         core.close()
     return 0
-
-
-def worker_states(core: ExpertsCoordinator) -> dict[str, str]:
-    """worker id -> its state, for the monitor's samples and the dashboard's peer panel."""
-    with core.lock:
-        return {wid: str(info.get("state", "active")) for wid, info in core.workers.items()}
 
 
 async def tick_forever(core: ExpertsCoordinator, log: Callable[[str], None]) -> None:

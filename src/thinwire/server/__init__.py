@@ -2,7 +2,8 @@
 safetensors snapshot plus an fsynced journal, journal-before-acknowledge admission) and HTTP
 plumbing (a request guard: tokens before bodies, bounded and timed bodies; control bodies as
 protobuf or JSON, control.py; a header deadline in uvicorn's h11 protocol, http11.py;
-per-worker keys, credentials.py; JSON errors; listen flags and loopback rules)."""
+per-worker keys, credentials.py; JSON errors; listen flags and loopback rules) and the
+coordinator's resource monitor (watch.py)."""
 
 from .admission import admit, check_staleness
 from .durable import Durable

@@ -15,12 +15,7 @@ from pathlib import Path
 
 from ..obs.events import EventLog, attach_tensorboard
 from ..obs.monitor import Monitor
-
-
-def peer_states(core: Any) -> dict[str, str]:
-    """worker id -> active | offline | left."""
-    with core.lock:
-        return {w["id"]: w["state"] for w in core.workers.values()}
+from ..server.watch import coordinator_monitor, worker_states
 
 
 def start_events(core: Any, every: float = 1.0, tensorboard: Path | None = None) -> Monitor:
@@ -28,8 +23,7 @@ def start_events(core: Any, every: float = 1.0, tensorboard: Path | None = None)
     `stop_events` ends them."""
     core.events = EventLog(core.store.dir, core.cfg.name())
     core.tensorboard = attach_tensorboard(core.events, tensorboard)
-    return Monitor(core.events, ledger=lambda: core.ledger, every=every, lock=core.lock,
-                   extra=lambda: {"peers": peer_states(core)}).start()
+    return coordinator_monitor(core, every).start()
 
 
 def stop_events(core: Any, monitor: Monitor) -> None:
@@ -52,4 +46,4 @@ def round_event(core: Any, row: dict[str, Any], c: dict[str, Any]) -> None:
                 test_accuracy=row["test_accuracy"], test_loss=row["test_loss"],
                 train_loss=c["train_loss"], bytes_up_wire=c["up_wire"],
                 bytes_down_wire=c["down_wire"], uploads=c["uploads"], skipped=c["skipped"],
-                elapsed_s=round(c["elapsed"], 3), links=links, peers=peer_states(core))
+                elapsed_s=round(c["elapsed"], 3), links=links, peers=worker_states(core))
