@@ -233,7 +233,9 @@ def wait_for(path: Path, text: str, timeout: float = 120.0) -> float:
 
 
 def test_tcp_swarm_survives_kill_9_and_the_peer_rejoins(tmp_path):
-    cfg = validate({"task": "mnist", "nodes": 3, "epochs": 2, "batch_size": 32, "threads": 1,
+    # 4 epochs of 42 steps: the rejoin (~40 steps after the kill on an idle machine) must
+    # land while the others still train, also on a loaded CI machine (2 epochs once did not)
+    cfg = validate({"task": "mnist", "nodes": 3, "epochs": 4, "batch_size": 32, "threads": 1,
                     "checkpoint_every": 0, "transport": "tcp", "peer_timeout": 20,
                     "out": tmp_path})
     run_dir, result = tmp_path / cfg.name(), {}
